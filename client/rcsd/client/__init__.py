@@ -1,0 +1,1 @@
+"""rcsd client: typed HTTP clients for the rubric and teacher services."""

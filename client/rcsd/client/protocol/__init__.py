@@ -1,0 +1,57 @@
+"""Wire schemas: the single definition that the services and the client both import."""
+
+from rcsd.client.protocol.common import (
+    Criterion,
+    ErrorDetail,
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    ServiceInfo,
+)
+from rcsd.client.protocol.rubric import (
+    RubricBatchRequest,
+    RubricBatchResponse,
+    RubricBounds,
+    RubricRequest,
+    RubricResponse,
+    rubric_json_schema,
+    rubric_problems,
+)
+from rcsd.client.protocol.teacher import (
+    AUTO_RATIONALE,
+    CONTEXT_MODES,
+    JSON_MEDIA_TYPE,
+    MSGPACK_MEDIA_TYPE,
+    CompletionScores,
+    ContextMode,
+    TeacherBatchRequest,
+    TeacherBatchResponse,
+    TeacherRequest,
+    TeacherResponse,
+)
+
+__all__ = [
+    "AUTO_RATIONALE",
+    "CONTEXT_MODES",
+    "JSON_MEDIA_TYPE",
+    "MSGPACK_MEDIA_TYPE",
+    "CompletionScores",
+    "ContextMode",
+    "Criterion",
+    "ErrorDetail",
+    "ErrorResponse",
+    "Health",
+    "ModelInfo",
+    "RubricBatchRequest",
+    "RubricBatchResponse",
+    "RubricBounds",
+    "RubricRequest",
+    "RubricResponse",
+    "ServiceInfo",
+    "TeacherBatchRequest",
+    "TeacherBatchResponse",
+    "TeacherRequest",
+    "TeacherResponse",
+    "rubric_json_schema",
+    "rubric_problems",
+]

@@ -1,0 +1,61 @@
+"""Schemas both services share: errors, service info, the rubric criterion."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_DESCRIPTION_WORDS = 40
+MIN_WEIGHT = -1
+MAX_WEIGHT = 10
+
+
+class WireModel(BaseModel):
+    """Base for every wire schema: unknown fields are refused, so typos fail loudly."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class Criterion(WireModel):
+    """One weighted rubric criterion (7-10 essential, 3-6 important, 1-2 optional, -1 pitfall)."""
+
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field(min_length=1, max_length=1000)
+    weight: int = Field(ge=MIN_WEIGHT, le=MAX_WEIGHT)
+
+
+class ErrorDetail(WireModel):
+    type: str
+    message: str
+    field: str | None = None
+    request_id: str | None = None
+
+
+class ErrorResponse(WireModel):
+    """The one error body every endpoint returns for a non-2xx answer."""
+
+    error: ErrorDetail
+
+
+class ModelInfo(WireModel):
+    name: str
+    revision: str
+    tokenizer_hash: str
+    vocab_size: int
+    max_model_len: int
+    dtype: str
+
+
+class ServiceInfo(WireModel):
+    """`GET /v1/info`: what the service serves and the limits a request must fit."""
+
+    service: Literal["teacher", "rubric"]
+    backend: Literal["hf", "vllm"]
+    model: ModelInfo
+    template_version: str
+    limits: dict[str, int]
+
+
+class Health(WireModel):
+    status: Literal["ok", "loading"]

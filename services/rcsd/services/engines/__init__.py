@@ -1,0 +1,1 @@
+"""Model engines behind the services: one interface (`base.Engine`), two backends."""

@@ -1,0 +1,74 @@
+"""The engine interface both services use: score token ids, generate text.
+
+Two implementations: `hf` (transformers; the exactness reference and CPU fallback)
+and `vllm` (production). Services talk only to this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rcsd.client.protocol import ModelInfo
+
+
+@dataclass(frozen=True)
+class ScoredTokens:
+    """Teacher scores of one completion (T tokens, K top entries)."""
+
+    logprobs_T: np.ndarray  # float32 [T]: log p(token_t | context, tokens_<t)
+    topk_ids_T_K: np.ndarray | None  # int32 [T, K], sorted by log-prob, descending
+    topk_logprobs_T_K: np.ndarray | None  # float32 [T, K]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What to load and how; built from a service's settings."""
+
+    model: str  # a local folder or a Hugging Face model id
+    revision: str | None = None
+    dtype: str = "auto"  # "auto" (the checkpoint's), "float32", "bfloat16", "float16"
+    max_model_len: int | None = None  # None: the model's own
+    device: str = "auto"  # hf backend: "cpu", "cuda", "auto"
+    adapter: str | None = None  # a LoRA adapter folder served on top of `model`
+    max_top_k: int = 64  # the largest top_k a request may ask for
+    kv_cache_gb: float = 2.0  # vllm on CPU: VLLM_CPU_KVCACHE_SPACE
+    gpu_memory_utilization: float = 0.85  # vllm on GPU
+    max_num_seqs: int = 64  # vllm: sequences scheduled together
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 1.0
+    seed: int | None = None
+    json_schema: dict[str, Any] | None = None  # constrain the output to this schema
+
+
+class Engine(abc.ABC):
+    """A loaded model. Every method is async and never blocks the event loop."""
+
+    name: str  # "hf" or "vllm"
+    info: ModelInfo
+    tokenizer: Any  # a transformers tokenizer: templates are rendered with it
+
+    @abc.abstractmethod
+    async def score(
+        self, context_ids: list[int], completions: list[list[int]], top_k: int, temperature: float
+    ) -> list[ScoredTokens]:
+        """Score each completion as a continuation of the shared context.
+
+        `temperature` divides the logits before the log-softmax (1.0 = the model as is).
+        """
+
+    @abc.abstractmethod
+    async def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[str]:
+        """Generate one text per prompt (token ids of an already-rendered chat prompt)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the model; safe to call twice."""
