@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 
-def _validator(dtype: type[np.generic], ndim: int):  # noqa: ANN202 - returns a pydantic validator
+def _validator(dtype: type[np.generic], ndim: int):
     def validate(value: Any) -> np.ndarray:
         if isinstance(value, dict) and "data" in value:  # a packed buffer from the binary codec
             array = np.frombuffer(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])

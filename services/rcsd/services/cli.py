@@ -1,0 +1,103 @@
+"""The `rcsd` command: serve a service, prepare the default model, move the rubric store.
+
+    rcsd serve teacher --backend vllm --model PATH_OR_ID [--port 8001 ...]
+    rcsd serve rubric  --backend hf   --model PATH_OR_ID [--store-url sqlite:///rubrics.db ...]
+    rcsd prepare-model [--cache-dir DIR]
+    rcsd rubrics export|import FILE --store-url URL
+
+Service flags are the fields of the service's settings class (`--help` lists them);
+each can also come from an env var `RCSD_TEACHER_<FIELD>` / `RCSD_RUBRIC_<FIELD>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from pydantic_settings import CliApp
+
+from rcsd.services.kit.settings import ServiceSettings
+
+
+def serve(settings: ServiceSettings, service: str) -> None:
+    import uvicorn
+
+    from rcsd.services.kit.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    if service == "teacher":
+        from rcsd.services.teacher.app import create_app
+    else:
+        from rcsd.services.rubric.app import create_app  # type: ignore[assignment]
+    app = create_app(settings)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+
+
+def _settings_class(service: str) -> type[ServiceSettings]:
+    if service == "teacher":
+        from rcsd.services.teacher.settings import TeacherSettings
+
+        return TeacherSettings
+    from rcsd.services.rubric.settings import RubricSettings
+
+    return RubricSettings
+
+
+def _move_rubrics(direction: str, file: Path, store_url: str) -> int:
+    from rcsd.services.rubric.store import open_store
+
+    async def run() -> int:
+        store = await open_store(store_url)
+        try:
+            if direction == "export":
+                return await store.export_jsonl(file)
+            return await store.import_jsonl(file)
+        finally:
+            await store.aclose()
+
+    count = asyncio.run(run())
+    print(f"{direction}ed {count} rubrics {'to' if direction == 'export' else 'from'} {file}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="rcsd", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="start a service (see `rcsd serve teacher --help`)")
+    serve_cmd.add_argument("service", choices=["teacher", "rubric"])
+    prepare = commands.add_parser("prepare-model", help="convert the bundled SmolLM2 to safetensors, once")
+    prepare.add_argument("--cache-dir", type=Path, default=None)
+    move = commands.add_parser("rubrics", help="export or import the rubric store as JSONL")
+    move.add_argument("direction", choices=["export", "import"])
+    move.add_argument("file", type=Path)
+    move.add_argument("--store-url", required=True)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        settings_class = _settings_class(args.service)
+        settings = CliApp.run(settings_class, cli_args=rest)
+        serve(settings, args.service)
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "prepare-model":
+        from rcsd.services.models.default import prepare_default_model
+
+        print(prepare_default_model(args.cache_dir))
+        return 0
+    return _move_rubrics(args.direction, args.file, args.store_url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

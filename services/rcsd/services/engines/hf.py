@@ -1,0 +1,287 @@
+"""The transformers engine: the exactness reference and the CPU fallback.
+
+Scoring computes a group's shared context once and reuses its KV cache for every
+completion, so a group of G completions costs one context pass instead of G.
+All torch work runs on one worker thread; the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+from rcsd.client.protocol import ModelInfo
+from rcsd.services.engines.base import Engine, EngineConfig, GenerationParams, ScoredTokens
+from rcsd.services.engines.identity import model_revision, tokenizer_hash
+
+LOGITS_BUDGET_BYTES = 256 * 2**20  # bounds memory of one forward's float32 logits
+BATCH_WINDOW_S = 0.01  # how long a generate call waits for others to batch with
+MAX_GENERATE_BATCH = 32
+MAX_SCORE_BATCH = 16  # completions sharing one expanded copy of the context cache
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _log_softmax(logits_N_V: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.log_softmax(logits_N_V.float() / temperature, dim=-1)
+
+
+class _SeededGumbelSampler(LogitsProcessor):
+    """Samples each row from softmax(logits / T) with its own seeded generator.
+
+    Adding Gumbel noise and taking the argmax is exact sampling; with one generator per
+    row a request's output does not depend on what it was batched with.
+    """
+
+    def __init__(self, temperatures: list[float], seeds: list[int | None]) -> None:
+        self.temperatures = temperatures
+        self.generators = [
+            torch.Generator().manual_seed(seed if seed is not None else random.getrandbits(63))
+            for seed in seeds
+        ]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float()
+        for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators, strict=True)):
+            if temperature > 0:
+                uniform = torch.rand(scores.shape[-1], generator=generator).clamp_(1e-10, 1.0)
+                scores[row] = scores[row] / temperature - torch.log(-torch.log(uniform)).to(scores.device)
+        return scores
+
+
+@dataclass
+class _PendingGeneration:
+    prompt_ids: list[int]
+    params: GenerationParams
+    future: asyncio.Future[str] = field(repr=False)
+
+
+class HfEngine(Engine):
+    name = "hf"
+
+    def __init__(self, config: EngineConfig, model: Any, tokenizer: Any, info: ModelInfo) -> None:
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.info = info
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcsd-hf")
+        self._pending: list[_PendingGeneration] = []
+        self._batcher: asyncio.Task[None] | None = None
+        self._grammar_compiler: Any = None
+
+    @classmethod
+    async def load(cls, config: EngineConfig) -> HfEngine:
+        return await asyncio.to_thread(cls._load_sync, config)
+
+    @classmethod
+    def _load_sync(cls, config: EngineConfig) -> HfEngine:
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = TORCH_DTYPES.get(config.dtype, "auto")
+        tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
+        model = AutoModelForCausalLM.from_pretrained(config.model, revision=config.revision, dtype=dtype)
+        if config.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, config.adapter).merge_and_unload()
+        model.to(device).eval()
+        info = ModelInfo(
+            name=config.model.rstrip("/").split("/")[-1],
+            revision=model_revision(config.model, config.revision, config.adapter),
+            tokenizer_hash=tokenizer_hash(tokenizer),
+            vocab_size=model.get_output_embeddings().weight.shape[0],
+            max_model_len=config.max_model_len or model.config.max_position_embeddings,
+            dtype=str(model.dtype).removeprefix("torch."),
+        )
+        return cls(config, model, tokenizer, info)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    # ---- scoring -------------------------------------------------------------------------------
+
+    async def score(
+        self, context_ids: list[int], completions: list[list[int]], top_k: int, temperature: float
+    ) -> list[ScoredTokens]:
+        return await self._run(self.score_sync, context_ids, completions, top_k, temperature, True)
+
+    @torch.inference_mode()
+    def score_sync(
+        self,
+        context_ids: list[int],
+        completions: list[list[int]],
+        top_k: int,
+        temperature: float,
+        share_prefix: bool = True,
+    ) -> list[ScoredTokens]:
+        """Scores completions; `share_prefix=False` runs each full sequence (the plain path)."""
+        if not share_prefix:
+            return [self._score_full(context_ids, c, top_k, temperature) for c in completions]
+        device = self.model.device
+        prefix = self.model(torch.tensor([context_ids], device=device), use_cache=True)
+        first_logprobs_1_V = _log_softmax(prefix.logits[0, -1:], temperature)  # predicts token 0
+        results: list[ScoredTokens] = []
+        for start in range(0, len(completions), MAX_SCORE_BATCH):
+            chunk = completions[start : start + MAX_SCORE_BATCH]
+            results.extend(
+                self._score_chunk(prefix.past_key_values, first_logprobs_1_V, chunk, top_k, temperature)
+            )
+        return results
+
+    def _score_chunk(
+        self,
+        prefix_cache: Any,
+        first_logprobs_1_V: torch.Tensor,
+        chunk: list[list[int]],
+        top_k: int,
+        temperature: float,
+    ) -> list[ScoredTokens]:
+        """Feeds tokens 0..T-2 after the cached context, in windows that bound the logits' memory.
+
+        Logits at fed position t predict token t+1. Right padding is harmless: causal
+        attention never lets a real token see a pad, and pad positions are dropped.
+        """
+        batch, vocab = len(chunk), first_logprobs_1_V.shape[-1]
+        longest = max(len(c) for c in chunk)
+        pad = self.tokenizer.pad_token_id or 0
+        targets_B_T = torch.tensor([c + [pad] * (longest - len(c)) for c in chunk], device=self.model.device)
+        scores = [_select(first_logprobs_1_V.expand(batch, 1, vocab), targets_B_T[:, :1], top_k)]
+        if longest > 1:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(batch)
+            window = max(1, LOGITS_BUDGET_BYTES // (4 * vocab * batch))
+            for start in range(0, longest - 1, window):
+                feed_B_W = targets_B_T[:, start : start + window]
+                out = self.model(feed_B_W, past_key_values=cache, use_cache=True)
+                next_B_W = targets_B_T[:, start + 1 : start + 1 + feed_B_W.shape[1]]
+                scores.append(_select(_log_softmax(out.logits, temperature), next_B_W, top_k))
+        chosen_B_T, topk_ids_B_T_K, topk_logprobs_B_T_K = (
+            torch.cat(parts, dim=1) if parts[0] is not None else None for parts in zip(*scores, strict=True)
+        )
+        return [
+            _to_scored(row, len(c), chosen_B_T, topk_ids_B_T_K, topk_logprobs_B_T_K)
+            for row, c in enumerate(chunk)
+        ]
+
+    def _score_full(
+        self, context_ids: list[int], completion: list[int], top_k: int, temperature: float
+    ) -> ScoredTokens:
+        ids = torch.tensor([context_ids + completion], device=self.model.device)
+        logits_1_T_V = self.model(ids).logits[:, len(context_ids) - 1 : -1]
+        targets_1_T = torch.tensor([completion], device=self.model.device)
+        chosen, topk_ids, topk_logprobs = _select(_log_softmax(logits_1_T_V, temperature), targets_1_T, top_k)
+        return _to_scored(0, len(completion), chosen, topk_ids, topk_logprobs)
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    async def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[str]:
+        loop = asyncio.get_running_loop()
+        pending = [_PendingGeneration(p, params, loop.create_future()) for p in prompts]
+        self._pending.extend(pending)
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._drain())
+        return list(await asyncio.gather(*(p.future for p in pending)))
+
+    async def _drain(self) -> None:
+        """Runs what is waiting in batches that share a JSON schema."""
+        while self._pending:
+            await asyncio.sleep(BATCH_WINDOW_S)
+            schema_key = _schema_key(self._pending[0].params)
+            batch = [p for p in self._pending if _schema_key(p.params) == schema_key][:MAX_GENERATE_BATCH]
+            self._pending = [p for p in self._pending if p not in batch]
+            try:
+                texts = await self._run(self._generate_sync, batch)
+            except Exception as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, text in zip(batch, texts, strict=True):
+                if not p.future.done():
+                    p.future.set_result(text)
+
+    @torch.inference_mode()
+    def _generate_sync(self, batch: list[_PendingGeneration]) -> list[str]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(p.prompt_ids) for p in batch)
+        ids_B_L = torch.tensor([[pad] * (width - len(p.prompt_ids)) + p.prompt_ids for p in batch])
+        mask_B_L = torch.tensor([[0] * (width - len(p.prompt_ids)) + [1] * len(p.prompt_ids) for p in batch])
+        processors = LogitsProcessorList()
+        schema = batch[0].params.json_schema
+        if schema is not None:
+            import xgrammar
+
+            grammar = self._compiler().compile_json_schema(json.dumps(schema), any_whitespace=False)
+            processors.append(xgrammar.contrib.hf.LogitsProcessor(grammar))
+        processors.append(
+            _SeededGumbelSampler([p.params.temperature for p in batch], [p.params.seed for p in batch])
+        )
+        max_tokens = max(p.params.max_tokens for p in batch)
+        out_B_L = self.model.generate(
+            input_ids=ids_B_L.to(self.model.device),
+            attention_mask=mask_B_L.to(self.model.device),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            logits_processor=processors,
+            pad_token_id=pad,
+        )
+        texts = []
+        for row, p in enumerate(batch):
+            new_ids = out_B_L[row, width : width + p.params.max_tokens].tolist()
+            texts.append(self.tokenizer.decode(new_ids, skip_special_tokens=True))
+        return texts
+
+    def _compiler(self) -> Any:
+        if self._grammar_compiler is None:
+            import xgrammar
+
+            info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.info.vocab_size)
+            self._grammar_compiler = xgrammar.GrammarCompiler(info)
+        return self._grammar_compiler
+
+    async def aclose(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
+
+
+def _schema_key(params: GenerationParams) -> str | None:
+    return None if params.json_schema is None else json.dumps(params.json_schema, sort_keys=True)
+
+
+def _select(
+    logprobs_B_W_V: torch.Tensor, targets_B_W: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The log-prob of each target token, and the top-k entries, for one window."""
+    chosen_B_W = logprobs_B_W_V.gather(-1, targets_B_W[..., None])[..., 0]
+    if top_k == 0:
+        return chosen_B_W, None, None
+    values_B_W_K, indices_B_W_K = logprobs_B_W_V.topk(top_k, dim=-1)
+    return chosen_B_W, indices_B_W_K, values_B_W_K
+
+
+def _to_scored(
+    row: int,
+    length: int,
+    chosen_B_T: torch.Tensor,
+    topk_ids_B_T_K: torch.Tensor | None,
+    topk_logprobs_B_T_K: torch.Tensor | None,
+) -> ScoredTokens:
+    def take(tensor: torch.Tensor | None, dtype: type[np.generic]) -> np.ndarray | None:
+        return None if tensor is None else tensor[row, :length].cpu().numpy().astype(dtype)
+
+    return ScoredTokens(
+        logprobs_T=take(chosen_B_T, np.float32),
+        topk_ids_T_K=take(topk_ids_B_T_K, np.int32),
+        topk_logprobs_T_K=take(topk_logprobs_B_T_K, np.float32),
+    )

@@ -1,0 +1,80 @@
+"""One error format for every endpoint, produced by registered handlers.
+
+Anything a client sent wrong becomes a 4xx naming the field; only our own bugs are 5xx.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rcsd.client.protocol import ErrorDetail, ErrorResponse
+from rcsd.services.kit.request_context import current_request_id
+
+log = logging.getLogger("rcsd.errors")
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status, raised by service logic; `field` names what to fix."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request",
+        field: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+
+def invalid(field: str, message: str) -> ServiceError:
+    """A 422 for a request field that breaks a limit."""
+    return ServiceError(422, f"{field}: {message}", type="invalid_request", field=field)
+
+
+def error_response(
+    status: int, type_: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = ErrorResponse(
+        error=ErrorDetail(type=type_, message=message, field=field, request_id=current_request_id())
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _location(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return error_response(exc.status, exc.type, exc.message, exc.field, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        field = _location(tuple(first.get("loc", ())))
+        messages = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()[:5]]
+        return error_response(422, "invalid_request", "; ".join(messages), field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error", exc_info=exc)
+        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")

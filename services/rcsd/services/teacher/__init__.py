@@ -1,0 +1,1 @@
+"""The teacher scoring service: `POST /teacher_logprobs`."""

@@ -1,0 +1,52 @@
+"""Thin HTTP routes of the teacher service; the logic lives in `service.py`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from rcsd.client.protocol import (
+    MSGPACK_MEDIA_TYPE,
+    ErrorResponse,
+    TeacherBatchRequest,
+    TeacherBatchResponse,
+    TeacherRequest,
+    TeacherResponse,
+)
+from rcsd.services.kit.app import state_of
+from rcsd.services.kit.responses import negotiated
+from rcsd.services.teacher.service import TeacherService
+
+router = APIRouter(tags=["teacher"])
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 422, 429, 503)}
+BINARY = {"content": {MSGPACK_MEDIA_TYPE: {}}}
+
+
+def get_teacher(request: Request) -> TeacherService:
+    return state_of(request).ready_service()
+
+
+Teacher = Annotated[TeacherService, Depends(get_teacher)]
+
+
+@router.post(
+    "/teacher_logprobs",
+    response_model=TeacherResponse,
+    responses={**ERRORS, 200: BINARY},
+    summary="Score one prompt group's completions under the teacher's privileged context",
+)
+async def teacher_logprobs(body: TeacherRequest, request: Request, teacher: Teacher) -> Response:
+    async with state_of(request).admission.slot():
+        return negotiated(request, await teacher.score(body))
+
+
+@router.post(
+    "/teacher_logprobs/batch",
+    response_model=TeacherBatchResponse,
+    responses={**ERRORS, 200: BINARY},
+    summary="Score many prompt groups in one call (results in request order)",
+)
+async def teacher_logprobs_batch(body: TeacherBatchRequest, request: Request, teacher: Teacher) -> Response:
+    async with state_of(request).admission.slot():
+        return negotiated(request, await teacher.score_batch(body))

@@ -1,0 +1,175 @@
+"""Teacher scoring logic, free of HTTP: validate, build the context, score, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import OrderedDict
+
+from rcsd.client.protocol import (
+    AUTO_RATIONALE,
+    CompletionScores,
+    ServiceInfo,
+    TeacherBatchRequest,
+    TeacherBatchResponse,
+    TeacherRequest,
+    TeacherResponse,
+)
+from rcsd.services.engines.base import Engine, GenerationParams
+from rcsd.services.kit.errors import invalid
+from rcsd.services.kit.metrics import ServiceMetrics
+from rcsd.services.kit.templates import TemplateSet
+from rcsd.services.teacher.context import TeacherContext
+from rcsd.services.teacher.settings import TeacherSettings
+
+
+class TeacherService:
+    def __init__(self, engine: Engine, settings: TeacherSettings, metrics: ServiceMetrics) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.context = TeacherContext(
+            TemplateSet("rcsd.services.teacher", settings.template_version), engine.tokenizer
+        )
+        self._rationales: OrderedDict[str, str] = OrderedDict()
+        self._rationales_in_flight: dict[str, asyncio.Future[str]] = {}
+
+    def limits(self) -> dict[str, int]:
+        s = self.settings
+        return {
+            "max_top_k": s.max_top_k,
+            "max_completions_per_group": s.max_completions_per_group,
+            "max_groups_per_batch": s.max_groups_per_batch,
+            "max_completion_tokens_per_request": s.max_completion_tokens_per_request,
+            "max_model_len": self.engine.info.max_model_len,
+        }
+
+    def info(self) -> ServiceInfo:
+        return ServiceInfo(
+            service="teacher",
+            backend=self.engine.name,
+            model=self.engine.info,
+            template_version=self.context.version,
+            limits=self.limits(),
+        )
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    async def score(self, request: TeacherRequest) -> TeacherResponse:
+        self._check_group(request, "")
+        self._check_token_budget(sum(len(c) for c in request.completions), "completions")
+        return await self._score_checked(request, "")
+
+    async def score_batch(self, batch: TeacherBatchRequest) -> TeacherBatchResponse:
+        if len(batch.groups) > self.settings.max_groups_per_batch:
+            raise invalid(
+                "groups",
+                f"{len(batch.groups)} groups, max_groups_per_batch is {self.settings.max_groups_per_batch}",
+            )
+        for i, group in enumerate(batch.groups):
+            self._check_group(group, f"groups.{i}.")
+        self._check_token_budget(sum(len(c) for g in batch.groups for c in g.completions), "groups")
+        results = await asyncio.gather(
+            *(self._score_checked(g, f"groups.{i}.") for i, g in enumerate(batch.groups))
+        )
+        return TeacherBatchResponse(results=list(results))
+
+    # ---- checks: every limit a client can break is a 422 naming the field --------------------
+
+    def _check_group(self, request: TeacherRequest, prefix: str) -> None:
+        s, vocab = self.settings, self.engine.info.vocab_size
+        if request.top_k > s.max_top_k:
+            raise invalid(f"{prefix}top_k", f"{request.top_k} exceeds max_top_k {s.max_top_k}")
+        if len(request.completions) > s.max_completions_per_group:
+            raise invalid(
+                f"{prefix}completions",
+                f"{len(request.completions)} completions exceed "
+                f"max_completions_per_group {s.max_completions_per_group}",
+            )
+        if request.rationale is not None and request.context_mode == "none":
+            raise invalid(f"{prefix}rationale", "a rationale needs a privileged context_mode, not 'none'")
+        for i, completion in enumerate(request.completions):
+            if not completion:
+                raise invalid(f"{prefix}completions.{i}", "empty completion (need at least 1 token id)")
+            low, high = min(completion), max(completion)
+            if low < 0 or high >= vocab:
+                bad = low if low < 0 else high
+                raise invalid(
+                    f"{prefix}completions.{i}", f"token id {bad} outside the vocabulary [0, {vocab})"
+                )
+
+    def _check_token_budget(self, tokens: int, field: str) -> None:
+        limit = self.settings.max_completion_tokens_per_request
+        if tokens > limit:
+            raise invalid(
+                field, f"{tokens} completion tokens exceed max_completion_tokens_per_request {limit}"
+            )
+
+    def _check_lengths(self, request: TeacherRequest, context_length: int, prefix: str) -> None:
+        limit = self.engine.info.max_model_len
+        for i, completion in enumerate(request.completions):
+            if context_length + len(completion) > limit:
+                raise invalid(
+                    f"{prefix}completions.{i}",
+                    f"context ({context_length}) + completion "
+                    f"({len(completion)}) tokens exceed max_model_len {limit}",
+                )
+
+    # ---- work ----------------------------------------------------------------------------------
+
+    async def _score_checked(self, request: TeacherRequest, prefix: str) -> TeacherResponse:
+        rationale = request.rationale
+        if rationale == AUTO_RATIONALE:
+            rationale = await self._auto_rationale(request)
+        context_ids = self.context.encode(self.context.messages(request, rationale))
+        self._check_lengths(request, len(context_ids), prefix)
+        scored = await self.engine.score(context_ids, request.completions, request.top_k, request.temperature)
+        self.metrics.tokens_scored.inc(sum(len(c) for c in request.completions))
+        info = self.engine.info
+        return TeacherResponse(
+            completions=[
+                CompletionScores(
+                    token_ids=completion,
+                    logprobs=s.logprobs_T,
+                    topk_ids=s.topk_ids_T_K,
+                    topk_logprobs=s.topk_logprobs_T_K,
+                )
+                for completion, s in zip(request.completions, scored, strict=True)
+            ],
+            context_length=len(context_ids),
+            context_ids=context_ids if request.return_context_ids else None,
+            rationale=rationale,
+            model=info.name,
+            model_revision=info.revision,
+            tokenizer_hash=info.tokenizer_hash,
+            backend=self.engine.name,
+            template_version=self.context.version,
+        )
+
+    async def _auto_rationale(self, request: TeacherRequest) -> str:
+        """The teacher's own rationale, generated once per privileged context (greedy, cached)."""
+        messages = self.context.rationale_messages(request)
+        key = hashlib.sha256(json.dumps([self.context.version, messages]).encode()).hexdigest()
+        if key in self._rationales:
+            self._rationales.move_to_end(key)
+            return self._rationales[key]
+        if key in self._rationales_in_flight:
+            return await asyncio.shield(self._rationales_in_flight[key])
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._rationales_in_flight[key] = future
+        try:
+            params = GenerationParams(max_tokens=self.settings.rationale_max_tokens, temperature=0.0, seed=0)
+            [text] = await self.engine.generate([self.context.encode(messages)], params)
+            future.set_result(text.strip())
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # waiters re-raise it; don't warn that nobody looked
+            raise
+        finally:
+            del self._rationales_in_flight[key]
+        if self.settings.rationale_cache_size:
+            self._rationales[key] = future.result()
+            while len(self._rationales) > self.settings.rationale_cache_size:
+                self._rationales.popitem(last=False)
+        return future.result()
