@@ -54,6 +54,9 @@ class TeacherService:
             limits=self.limits(),
         )
 
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
     # ---- requests ------------------------------------------------------------------------------
 
     async def score(self, request: TeacherRequest) -> TeacherResponse:
@@ -65,7 +68,7 @@ class TeacherService:
         if len(batch.groups) > self.settings.max_groups_per_batch:
             raise invalid(
                 "groups",
-                f"{len(batch.groups)} groups, max_groups_per_batch is {self.settings.max_groups_per_batch}",
+                f"{len(batch.groups)} groups exceed max_groups_per_batch {self.settings.max_groups_per_batch}",
             )
         for i, group in enumerate(batch.groups):
             self._check_group(group, f"groups.{i}.")

@@ -1,0 +1,159 @@
+"""Token-exactness of POST /teacher_logprobs against a plain forward pass, on every backend."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from rcsd.client import codec
+from rcsd.client.protocol import MSGPACK_MEDIA_TYPE, TeacherResponse
+from tests.services.teacher.payloads import (
+    QUESTION,
+    REFERENCE,
+    RUBRIC,
+    TOLERANCE,
+    assert_matches_reference,
+    group,
+    plain_logprobs,
+    random_completions,
+)
+
+MODES = ["rubric", "rubric+reference", "reference", "none"]
+
+
+def _backend(teacher) -> str:
+    return httpx.get(f"{teacher.url}/v1/info").json()["backend"]
+
+
+@pytest.mark.parametrize("top_k", [0, 7])
+@pytest.mark.parametrize("mode", MODES)
+def test_group_matches_plain_forward(teacher, reference_model, mode, top_k):
+    model, tokenizer = reference_model
+    completions = random_completions(len(tokenizer), [1, 9, 40], seed=hash(mode) % 1000)
+    r = httpx.post(
+        f"{teacher.url}/teacher_logprobs",
+        json=group(mode, completions, top_k=top_k, return_context_ids=True),
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    context_ids = body["context_ids"]
+    assert body["context_length"] == len(context_ids)
+    assert len(body["completions"]) == len(completions)
+    for scores, completion in zip(body["completions"], completions, strict=True):
+        rows = plain_logprobs(model, context_ids, completion)
+        assert_matches_reference(scores, rows, completion, top_k, TOLERANCE[body["backend"]])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_context_holds_what_the_mode_shows(teacher, reference_model, mode):
+    _, tokenizer = reference_model
+    r = httpx.post(
+        f"{teacher.url}/teacher_logprobs",
+        json=group(mode, [[5, 6]], return_context_ids=True, reference_answer=REFERENCE, rubric=RUBRIC),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    text = tokenizer.decode(r.json()["context_ids"])
+    assert QUESTION in text
+    assert (REFERENCE in text) == ("reference" in mode)
+    assert (RUBRIC[0]["title"] in text) == ("rubric" in mode)
+    assert text.endswith("<|im_start|>assistant\n")  # the completion follows the generation prompt
+    assert r.json()["template_version"] == "teacher-v1"
+
+
+def test_grouped_equals_single(teacher, reference_model):
+    _, tokenizer = reference_model
+    completions = random_completions(len(tokenizer), [3, 25, 12], seed=7)
+    grouped = httpx.post(
+        f"{teacher.url}/teacher_logprobs", json=group("rubric", completions, top_k=4), timeout=60
+    ).json()
+    tol = TOLERANCE[grouped["backend"]]
+    for i, completion in enumerate(completions):
+        single = httpx.post(
+            f"{teacher.url}/teacher_logprobs", json=group("rubric", [completion], top_k=4), timeout=60
+        ).json()
+        assert single["context_length"] == grouped["context_length"]
+        np.testing.assert_allclose(
+            single["completions"][0]["logprobs"], grouped["completions"][i]["logprobs"], atol=tol, rtol=0
+        )
+
+
+def test_binary_equals_json(teacher, reference_model):
+    _, tokenizer = reference_model
+    body = group("rubric+reference", random_completions(len(tokenizer), [30, 5], seed=3), top_k=20)
+    as_json = TeacherResponse.model_validate_json(
+        httpx.post(f"{teacher.url}/teacher_logprobs", json=body, timeout=60).content
+    )
+    r = httpx.post(
+        f"{teacher.url}/teacher_logprobs", json=body, headers={"accept": MSGPACK_MEDIA_TYPE}, timeout=60
+    )
+    assert r.headers["content-type"] == MSGPACK_MEDIA_TYPE
+    as_binary = codec.decode(r.content, TeacherResponse)
+    for a, b in zip(as_json.completions, as_binary.completions, strict=True):
+        np.testing.assert_array_equal(a.logprobs, b.logprobs)
+        np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
+        np.testing.assert_array_equal(a.topk_logprobs, b.topk_logprobs)
+        assert b.topk_ids.shape == (len(a.token_ids), 20)
+
+
+def test_batch_keeps_order_and_matches_single(teacher, reference_model):
+    _, tokenizer = reference_model
+    groups = [
+        group(mode, random_completions(len(tokenizer), [4, 11], seed=i), top_k=3)
+        for i, mode in enumerate(MODES)
+    ]
+    batch = httpx.post(f"{teacher.url}/teacher_logprobs/batch", json={"groups": groups}, timeout=120)
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert len(results) == len(groups)
+    for g, result in zip(groups, results, strict=True):
+        single = httpx.post(f"{teacher.url}/teacher_logprobs", json=g, timeout=60).json()
+        assert single["context_length"] == result["context_length"]
+        for a, b in zip(single["completions"], result["completions"], strict=True):
+            np.testing.assert_allclose(
+                a["logprobs"], b["logprobs"], atol=TOLERANCE[result["backend"]], rtol=0
+            )
+
+
+def test_given_rationale_sits_between_context_and_completion(teacher, reference_model):
+    model, tokenizer = reference_model
+    rationale = "Key idea: use h = g t^2 / 2."
+    r = httpx.post(
+        f"{teacher.url}/teacher_logprobs",
+        json=group("rubric", [[9, 10, 11]], rationale=rationale, return_context_ids=True),
+        timeout=60,
+    )
+    body = r.json()
+    text = tokenizer.decode(body["context_ids"])
+    assert (
+        text.index(RUBRIC[0]["title"]) < text.index(rationale) < text.index("Solve the problem independently")
+    )
+    rows = plain_logprobs(model, body["context_ids"], [9, 10, 11])
+    assert_matches_reference(body["completions"][0], rows, [9, 10, 11], 0, TOLERANCE[body["backend"]])
+
+
+def test_auto_rationale_is_generated_once_and_used(teacher, reference_model):
+    model, _ = reference_model
+    body = group("rubric+reference", [[20, 21, 22, 23]], rationale="auto", return_context_ids=True)
+    first = httpx.post(f"{teacher.url}/teacher_logprobs", json=body, timeout=120).json()
+    second = httpx.post(f"{teacher.url}/teacher_logprobs", json=body, timeout=120).json()
+    assert first["rationale"] and first["rationale"] == second["rationale"]
+    assert first["context_ids"] == second["context_ids"]
+    rows = plain_logprobs(model, first["context_ids"], [20, 21, 22, 23])
+    assert_matches_reference(first["completions"][0], rows, [20, 21, 22, 23], 0, TOLERANCE[first["backend"]])
+
+
+def test_temperature_divides_logits(teacher_servers, reference_model):
+    """hf applies log_softmax(logits / T); see the README for the vLLM backend."""
+    model, tokenizer = reference_model
+    teacher = teacher_servers["hf"]
+    completion = random_completions(len(tokenizer), [15], seed=11)[0]
+    r = httpx.post(
+        f"{teacher.url}/teacher_logprobs",
+        json=group("reference", [completion], temperature=2.0, top_k=5, return_context_ids=True),
+        timeout=60,
+    ).json()
+    rows = plain_logprobs(model, r["context_ids"], completion, temperature=2.0)
+    assert_matches_reference(r["completions"][0], rows, completion, 5, TOLERANCE["hf"])
