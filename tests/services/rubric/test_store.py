@@ -1,0 +1,407 @@
+"""The rubric store on both engines (SQLite file, real PostgreSQL server): every test runs on each.
+
+Crash and lock tests run real OS processes: this file is also their entry point
+(`python test_store.py MODE ARGS...`, see `_child_main`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+import rcsd.services.rubric.store as store_module
+from rcsd.client.protocol import Criterion, RubricBounds, RubricRequest
+from rcsd.services.rubric.store import (
+    GenerationLockTimeout,
+    RubricStore,
+    StoredRubric,
+    open_store,
+    request_key,
+    rubric_key,
+)
+
+KEY_INPUTS = dict(
+    question="What is the boiling point of water at sea level?",
+    reference_answer="100 °C",
+    model="rubric-gen",
+    model_revision="rev-1",
+    template_version="rubric-v1",
+    temperature=0.7,
+    max_tokens=1024,
+    bounds=RubricBounds(),
+    seed=0,
+)
+BATCH = 200  # records per put_many in the crash child
+WAIT_S = 60.0  # how long the parent waits for a child's line
+
+
+def make_record(
+    question: str = KEY_INPUTS["question"], *, tag: str = "a", **overrides: object
+) -> StoredRubric:
+    inputs = {**KEY_INPUTS, "question": question, **overrides}
+    criteria = [
+        Criterion(title=f"Correct value ({tag})", description="States 100 °C.", weight=9),
+        Criterion(title=f"Units ({tag})", description="Gives the unit.", weight=3),
+        Criterion(title=f"Confusion ({tag})", description="Mixes up Fahrenheit and Celsius.", weight=-1),
+    ]
+    return StoredRubric(
+        key=rubric_key(**inputs),
+        criteria=criteria,
+        model=inputs["model"],
+        model_revision=inputs["model_revision"],
+        template_version=inputs["template_version"],
+        question=question,
+        reference_answer=inputs["reference_answer"],
+    )
+
+
+async def get_or_generate(
+    store: RubricStore, record: StoredRubric, generate: Callable[[], Awaitable[None]]
+) -> StoredRubric:
+    """The service's pattern: get; on a miss lock, get again, generate (`generate` stands for the LLM) and put."""
+    if (found := await store.get(record.key)) is not None:
+        return found
+    async with store.generation_lock(record.key, timeout=WAIT_S):
+        if (found := await store.get(record.key)) is not None:
+            return found
+        await generate()
+        return await store.put(record)
+
+
+# -- hit, miss, idempotency, keys ------------------------------------------------------------------------
+
+
+async def test_miss_then_hit(store_url: str) -> None:
+    record = make_record()
+    async with await open_store(store_url) as store:
+        assert await store.get(record.key) is None
+        assert await store.get_by_id(record.rubric_id) is None
+        assert await store.count() == 0
+        assert await store.put(record) == record
+        assert await store.get(record.key) == record
+        assert await store.get_by_id(record.rubric_id) == record
+        assert await store.get_by_id("rub_" + "0" * 24) is None
+        assert await store.count() == 1
+    assert record.rubric_id == "rub_" + record.key[:24]
+    assert record.response(cached=True).attempts == 0
+    assert record.response(cached=False).attempts == 1
+
+
+async def test_put_keeps_the_first_record(store_url: str) -> None:
+    first = make_record(tag="first")
+    second = make_record(tag="second").model_copy(update={"attempts": 3})
+    assert (first.key, first.criteria) != (first.key, second.criteria) and first.key == second.key
+    other = make_record("Another question?")
+    async with await open_store(store_url) as store:
+        assert await store.put(first) == first
+        assert await store.put(second) == first
+        assert await store.put_many([second, other, other]) == 1
+        assert await store.get(first.key) == first
+        assert await store.get(other.key) == other
+        assert await store.count() == 2
+
+
+async def test_every_key_input_separates_rubrics(store_url: str) -> None:
+    variants = [
+        {},
+        {"question": "What is the boiling point of water at sea level? "},
+        {"reference_answer": None},
+        {"reference_answer": ""},
+        {"model": "rubric-gen-2"},
+        {"model_revision": "rev-2"},
+        {"template_version": "rubric-v2"},
+        {"temperature": 0.0},
+        {"max_tokens": 512},
+        {"bounds": RubricBounds(min_criteria=2)},
+        {"bounds": RubricBounds(max_criteria=24)},
+        {"seed": 1},
+    ]
+    keys = [rubric_key(**{**KEY_INPUTS, **variant}) for variant in variants]
+    assert len(set(keys)) == len(variants)
+    assert rubric_key(**KEY_INPUTS) == keys[0]  # deterministic
+    assert rubric_key(**{**KEY_INPUTS, "temperature": 0, "seed": 0}) == rubric_key(
+        **{**KEY_INPUTS, "temperature": -0.0, "seed": False}
+    )
+    request = RubricRequest(
+        question=KEY_INPUTS["question"],
+        reference_answer=KEY_INPUTS["reference_answer"],
+        temperature=0.7,
+        max_tokens=1024,
+        seed=0,
+    )
+    generator = {name: KEY_INPUTS[name] for name in ("model", "model_revision", "template_version")}
+    assert request_key(request, **generator) == keys[0]
+
+    records = [make_record(**variant) for variant in variants]
+    async with await open_store(store_url) as store:
+        assert await store.put_many(records) == len(variants)
+        for record in records:
+            assert await store.get(record.key) == record
+
+
+# -- durability ------------------------------------------------------------------------------------------
+
+
+async def test_survives_close_and_reopen(store_url: str) -> None:
+    records = [make_record(f"question {i}") for i in range(3)]
+    async with await open_store(store_url) as store:
+        for record in records:
+            await store.put(record)
+    async with await open_store(store_url) as store:
+        for record in records:
+            assert await store.get(record.key) == record
+            assert await store.get_by_id(record.rubric_id) == record
+        late = make_record("after reopening")
+        assert await store.put(late) == late
+        assert await store.count() == 4
+
+
+async def test_kill_9_mid_batch_keeps_committed_rows(store_url: str) -> None:
+    child = await _spawn("write", store_url)
+    puts, batches, killed_in = set(), set(), -1
+    try:
+        async for line in _lines(child):
+            event, number = line.split()
+            {"put": puts, "batch": batches}.get(event, set()).add(int(number))
+            if event == "begin" and int(number) >= 3:
+                child.kill()  # SIGKILL while this batch's transaction is most likely open
+                killed_in = int(number)
+                break
+    finally:
+        await _reap(child)
+    assert child.returncode == -9 and killed_in >= 3
+
+    async with await open_store(store_url) as store:
+        for i in puts:
+            assert await store.get(_crash_record(f"single {i}").key) is not None, f"committed put {i} lost"
+        for i in range(killed_in + 1):
+            present = [
+                await store.get(_crash_record(f"batch {i} item {j}").key) is not None for j in range(BATCH)
+            ]
+            if i in batches:
+                assert all(present), f"committed batch {i} incomplete"
+            else:
+                assert not any(present) or all(present), f"batch {i} half written: {sum(present)}/{BATCH}"
+        record = make_record("written after the crash")
+        assert await store.put(record) == record
+        assert await store.get(record.key) == record
+    if store_url.startswith("sqlite"):
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# -- the generation lock ---------------------------------------------------------------------------------
+
+
+async def test_lock_serialises_tasks(store_url: str) -> None:
+    record = make_record()
+    generated: list[int] = []
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    async def rounds(store: RubricStore, n: int) -> None:
+        for _ in range(3):
+            async with store.generation_lock("shared", timeout=WAIT_S):
+                overlaps.append(len(inside))
+                inside.append(n)
+                await asyncio.sleep(0.01)
+                inside.remove(n)
+
+    async with await open_store(store_url) as one, await open_store(store_url) as two:
+        stores = [one, one, two, two]  # tasks sharing a store and tasks on separate stores (connections)
+
+        async def generate(n: int) -> None:
+            generated.append(n)
+            await asyncio.sleep(0.3)  # a slow generation widens the window for a duplicate
+
+        results = await asyncio.gather(
+            *(get_or_generate(store, record, lambda n=n: generate(n)) for n, store in enumerate(stores))
+        )
+        await asyncio.gather(*(rounds(store, n) for n, store in enumerate(stores)))
+    assert len(generated) == 1
+    assert all(result == record for result in results)
+    assert overlaps == [0] * 12
+
+
+async def test_lock_serialises_processes(store_url: str, tmp_path: Path) -> None:
+    log, go = tmp_path / "lock.log", tmp_path / "go"
+    children = [await _spawn("contend", store_url, str(log), str(go)) for _ in range(2)]
+    try:
+        for child in children:
+            assert await _next_line(child) == "ready"
+        go.touch()  # both start contending at the same moment
+        answers = [await _next_line(child) for child in children]
+        for child in children:
+            assert await asyncio.wait_for(child.wait(), WAIT_S) == 0
+    finally:
+        for child in children:
+            await _reap(child)
+
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert sum(event == "generate" for _, event, _ in events) == 1, "the rubric was generated twice"
+    assert len(set(answers)) == 1 and answers[0].startswith("rubric rub_")
+    intervals, opened = [], {}
+    for pid, event, stamp in events:
+        if event == "start":
+            opened[pid] = int(stamp)
+        elif event == "end":
+            intervals.append((opened.pop(pid), int(stamp), pid))
+    assert len(intervals) == 1 + 2 * CONTEND_ROUNDS and not opened
+    intervals.sort()
+    for (_, end, pid), (start, _, next_pid) in itertools.pairwise(intervals):
+        assert start >= end, f"critical sections of {pid} and {next_pid} overlap"
+
+
+async def test_killed_holder_releases_lock(store_url: str) -> None:
+    async with await open_store(store_url) as store:
+        child = await _spawn("hold", store_url, "held-key")
+        try:
+            assert await _next_line(child) == "held"
+            with pytest.raises(GenerationLockTimeout):
+                async with store.generation_lock("held-key", timeout=0.3):
+                    pytest.fail("got a lock that another process holds")
+            async with store.generation_lock("another-key", timeout=5):
+                pass  # other keys are not blocked
+            child.kill()
+        finally:
+            await _reap(child)
+        started = time.monotonic()
+        async with store.generation_lock("held-key", timeout=10):
+            waited = time.monotonic() - started
+    assert waited < 5, f"a killed holder's lock took {waited:.1f}s to free"
+
+
+# -- export / import -------------------------------------------------------------------------------------
+
+
+async def test_export_import_round_trip(
+    new_store_url: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "JSONL_BATCH", 2)  # several pages each way
+    records = [make_record(f"question {i} — ünïcödé ✓") for i in range(4)]
+    records.append(make_record("no reference", reference_answer=None))
+    path = tmp_path / "rubrics.jsonl"
+    async with await open_store(new_store_url()) as source:
+        assert await source.put_many(records) == len(records)
+        assert await source.export_jsonl(path) == len(records)
+    exported = path.read_text(encoding="utf-8")
+    assert len(exported.splitlines()) == len(records)
+
+    async with await open_store(new_store_url()) as target:
+        assert await target.import_jsonl(path) == len(records)
+        assert await target.import_jsonl(path) == 0
+        assert await target.import_jsonl(io.StringIO(exported)) == 0
+        assert await target.count() == len(records)
+        for record in records:
+            assert await target.get(record.key) == record
+        again = io.StringIO()
+        assert await target.export_jsonl(again) == len(records)
+    assert again.getvalue() == exported
+
+
+async def test_import_rejects_a_tampered_line(store_url: str) -> None:
+    good, bad = make_record("good"), make_record("bad")
+    lines = [good.model_dump_json(), "", bad.model_dump_json().replace(bad.rubric_id, "rub_" + "f" * 24)]
+    async with await open_store(store_url) as store:
+        with pytest.raises(ValueError, match=r"<stream>:3: not a stored rubric"):
+            await store.import_jsonl(io.StringIO("\n".join(lines) + "\n"))
+        assert await store.count() == 0  # the batch holding the bad line was refused whole
+
+
+# -- child processes -------------------------------------------------------------------------------------
+
+CONTEND_ROUNDS = 5
+
+
+def _crash_record(question: str) -> StoredRubric:
+    return make_record(question, seed=7)
+
+
+async def _spawn(mode: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, __file__, mode, *args, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def _next_line(child: asyncio.subprocess.Process) -> str:
+    assert child.stdout is not None
+    line = await asyncio.wait_for(child.stdout.readline(), WAIT_S)
+    assert line, f"child exited early ({await child.wait()})"
+    return line.decode().strip()
+
+
+async def _lines(child: asyncio.subprocess.Process) -> AsyncIterator[str]:
+    while True:
+        yield await _next_line(child)
+
+
+async def _reap(child: asyncio.subprocess.Process) -> None:
+    if child.returncode is None:
+        child.kill()
+    await child.wait()
+
+
+async def _child_write(url: str) -> None:
+    """Put records one by one and in batches, printing each once committed, until killed."""
+    async with await open_store(url) as store:
+        for i in itertools.count():
+            await store.put(_crash_record(f"single {i}"))
+            print(f"put {i}", flush=True)
+            batch = [_crash_record(f"batch {i} item {j}") for j in range(BATCH)]
+            print(f"begin {i}", flush=True)
+            await store.put_many(batch)
+            print(f"batch {i}", flush=True)
+
+
+async def _child_contend(url: str, log_path: str, go_path: str) -> None:
+    """Race the other child to generate one rubric, then take a shared lock a few times; log the start
+    and end of every critical section (CLOCK_MONOTONIC is one clock for all processes)."""
+    pid = os.getpid()
+    with open(log_path, "a", encoding="utf-8") as log:
+
+        def note(event: str) -> None:
+            log.write(f"{pid} {event} {time.monotonic_ns()}\n")
+            log.flush()
+
+        async with await open_store(url) as store:
+            print("ready", flush=True)
+            while not os.path.exists(go_path):
+                await asyncio.sleep(0.005)
+
+            async def generate() -> None:
+                note("start")
+                note("generate")
+                await asyncio.sleep(0.3)  # a slow generation widens the window for a duplicate
+                note("end")
+
+            record = await get_or_generate(store, make_record("contended"), generate)
+            for _ in range(CONTEND_ROUNDS):
+                async with store.generation_lock("shared", timeout=WAIT_S):
+                    note("start")
+                    await asyncio.sleep(0.02)
+                    note("end")
+    print(f"rubric {record.rubric_id}", flush=True)
+
+
+async def _child_hold(url: str, key: str) -> None:
+    async with await open_store(url) as store, store.generation_lock(key):
+        print("held", flush=True)
+        await asyncio.sleep(600)
+
+
+def _child_main(mode: str, *args: str) -> None:
+    modes = {"write": _child_write, "contend": _child_contend, "hold": _child_hold}
+    asyncio.run(modes[mode](*args))
+
+
+if __name__ == "__main__":
+    _child_main(*sys.argv[1:])
