@@ -27,7 +27,6 @@ from rcsd.client import (
     TeacherResponse,
 )
 from rcsd.client import tokenizer_hash as client_tokenizer_hash
-from rcsd.services.engines import identity
 from tests.servers import ServiceProcess
 
 LIMITS = [
@@ -37,9 +36,6 @@ LIMITS = [
     "--max-completion-tokens-per-request", "48",
 ]  # fmt: skip
 ATOL = 1e-4
-SERVICES_SHARE_THE_HASH = identity.tokenizer_hash is client_tokenizer_hash
-
-
 def teacher(model_dir: Path, log_dir: Path) -> ServiceProcess:
     args = ["--backend", "hf", "--model", str(model_dir), "--dtype", "float32", *LIMITS]
     return ServiceProcess("teacher", args, log_dir)
@@ -130,11 +126,6 @@ def test_split_batches_over_two_replicas_equal_one_by_one_scores(replicas, group
     assert all(served_batches(server) > count for server, count in zip(replicas, before, strict=True))
 
 
-@pytest.mark.xfail(
-    not SERVICES_SHARE_THE_HASH,
-    reason="the services still compute their own tokenizer hash, not rcsd.client.tokenizer_identity's",
-    strict=True,
-)
 def test_the_same_tokenizer_is_compatible(replicas, tokenizer, groups):
     with TeacherClient([server.url for server in replicas]) as client:
         info = client.check_compatible(tokenizer)

@@ -14,7 +14,6 @@ from rcsd.client.protocol.rubric import (
     RubricBounds,
     RubricRequest,
     RubricResponse,
-    rubric_json_schema,
     rubric_problems,
 )
 from rcsd.client.protocol.teacher import (
@@ -52,6 +51,5 @@ __all__ = [
     "TeacherBatchResponse",
     "TeacherRequest",
     "TeacherResponse",
-    "rubric_json_schema",
     "rubric_problems",
 ]

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, model_validator
 
 from rcsd.client.protocol.common import (
     MAX_DESCRIPTION_WORDS,
-    MAX_WEIGHT,
-    MIN_WEIGHT,
     Criterion,
     WireModel,
 )
@@ -66,25 +62,6 @@ class RubricBatchRequest(WireModel):
 
 class RubricBatchResponse(WireModel):
     results: list[RubricResponse]
-
-
-def rubric_json_schema(bounds: RubricBounds) -> dict[str, Any]:
-    """The JSON schema the generator is constrained to: an array of criteria."""
-    return {
-        "type": "array",
-        "minItems": bounds.min_criteria,
-        "maxItems": bounds.max_criteria,
-        "items": {
-            "type": "object",
-            "properties": {
-                "title": {"type": "string", "minLength": 1, "maxLength": 80},
-                "description": {"type": "string", "minLength": 1, "maxLength": 300},
-                "weight": {"type": "integer", "enum": list(range(MIN_WEIGHT, MAX_WEIGHT + 1))},
-            },
-            "required": ["title", "description", "weight"],
-            "additionalProperties": False,
-        },
-    }
 
 
 def rubric_problems(criteria: list[Criterion], bounds: RubricBounds) -> list[str]:

@@ -7,23 +7,11 @@ token-id-level scores; the revision goes into every response and cache key.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import Any
 
+from rcsd.client.tokenizer_identity import tokenizer_hash
 
-def tokenizer_hash(tokenizer: Any) -> str:
-    """sha256 over the vocabulary, merges and special tokens (not the file bytes)."""
-    state = (
-        json.loads(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer") else {}
-    )
-    merges = state.get("model", {}).get("merges")
-    payload = {
-        "vocab": sorted(tokenizer.get_vocab().items()),
-        "merges": merges,
-        "special": sorted(tokenizer.all_special_tokens),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+__all__ = ["model_revision", "tokenizer_hash"]
 
 
 def model_revision(model: str, revision: str | None, adapter: str | None = None) -> str:

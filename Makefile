@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint demo bench-teacher bench-rubric clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml client/pyproject.toml setup.py deploy/install.sh
+	bash deploy/install.sh $(VENV)
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup
+	bash deploy/ensure_postgres.sh
+	$(MAKE) lint
+	$(VENV)/bin/pytest -q
+
+demo: setup
+	$(PY) -m rcsd.services.cli demo
+
+bench-teacher: setup
+	$(PY) bench/teacher_throughput.py
+
+bench-rubric: setup
+	$(PY) bench/rubric_concurrency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

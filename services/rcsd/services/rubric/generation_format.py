@@ -1,0 +1,71 @@
+"""What the generator is constrained to write, and how it becomes a rubric.
+
+The wire rubric is a flat array of criteria. The generator writes an object with
+`criteria` (weights 1-10) and `pitfalls` (weight -1 implied) instead, so the grammar
+itself guarantees at least one pitfall, the count bounds, weights in range and
+descriptions of at most 40 single-space-separated words. Semantic checks that no
+grammar expresses (duplicate titles) still run afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rcsd.client.protocol import Criterion, RubricBounds
+from rcsd.client.protocol.common import MAX_DESCRIPTION_WORDS, MAX_WEIGHT
+
+PITFALL_WEIGHT = -1
+MAX_PITFALLS = 5
+MAX_TITLE_WORDS = 10
+# A word: no whitespace, quote, backslash or control character; at most 20 characters.
+WORD = r'[^\s"\\\x00-\x1f]{1,20}'
+
+
+def _words(max_words: int) -> str:
+    return f"^{WORD}( {WORD}){{0,{max_words - 1}}}$"
+
+
+def _item(with_weight: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "title": {"type": "string", "pattern": _words(MAX_TITLE_WORDS)},
+        "description": {"type": "string", "pattern": _words(MAX_DESCRIPTION_WORDS)},
+    }
+    if with_weight:
+        properties["weight"] = {"type": "integer", "enum": list(range(1, MAX_WEIGHT + 1))}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def generation_schema(bounds: RubricBounds) -> dict[str, Any]:
+    """The JSON schema for constrained decoding; any output it admits meets `bounds`."""
+    pitfalls_max = min(MAX_PITFALLS, bounds.max_criteria - bounds.min_criteria + 1)
+    return {
+        "type": "object",
+        "properties": {
+            "criteria": {
+                "type": "array",
+                "items": _item(with_weight=True),
+                "minItems": bounds.min_criteria - 1,
+                "maxItems": bounds.max_criteria - pitfalls_max,
+            },
+            "pitfalls": {
+                "type": "array",
+                "items": _item(with_weight=False),
+                "minItems": 1,
+                "maxItems": pitfalls_max,
+            },
+        },
+        "required": ["criteria", "pitfalls"],
+        "additionalProperties": False,
+    }
+
+
+def to_criteria(generated: dict[str, Any]) -> list[Criterion]:
+    """The flat wire rubric: weighted criteria first, then the pitfalls at weight -1."""
+    return [Criterion(**item) for item in generated["criteria"]] + [
+        Criterion(**item, weight=PITFALL_WEIGHT) for item in generated["pitfalls"]
+    ]

@@ -1,0 +1,59 @@
+"""Thin HTTP routes of the rubric service; the logic lives in `service.py`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from rcsd.client.protocol import (
+    ErrorResponse,
+    RubricBatchRequest,
+    RubricBatchResponse,
+    RubricRequest,
+    RubricResponse,
+)
+from rcsd.services.kit.app import state_of
+from rcsd.services.rubric.service import RubricService
+
+router = APIRouter(tags=["rubric"])
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 422, 429, 503)}
+
+
+def get_rubrics(request: Request) -> RubricService:
+    return state_of(request).ready_service()
+
+
+Rubrics = Annotated[RubricService, Depends(get_rubrics)]
+
+
+@router.post(
+    "/rubrics",
+    response_model=RubricResponse,
+    responses=ERRORS,
+    summary="The rubric for a question: from the store, or generated once and stored",
+)
+async def create_rubric(body: RubricRequest, request: Request, rubrics: Rubrics) -> RubricResponse:
+    async with state_of(request).admission.slot():
+        return await rubrics.generate(body)
+
+
+@router.post(
+    "/rubrics/batch",
+    response_model=RubricBatchResponse,
+    responses=ERRORS,
+    summary="Rubrics for many questions in one call (results in request order)",
+)
+async def create_rubrics(body: RubricBatchRequest, request: Request, rubrics: Rubrics) -> RubricBatchResponse:
+    async with state_of(request).admission.slot():
+        return await rubrics.generate_batch(body)
+
+
+@router.get(
+    "/rubrics/{rubric_id}",
+    response_model=RubricResponse,
+    responses={404: {"model": ErrorResponse}},
+    summary="A stored rubric by id",
+)
+async def read_rubric(rubric_id: str, rubrics: Rubrics) -> RubricResponse:
+    return await rubrics.get(rubric_id)

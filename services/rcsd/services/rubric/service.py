@@ -1,0 +1,178 @@
+"""Rubric generation logic, free of HTTP: store lookup, generation once per key, checks, retries.
+
+Concurrent identical requests generate once: in one process they share a future, across
+processes (replicas sharing a database) they wait on the store's generation lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from pydantic import ValidationError
+
+from rcsd.client.protocol import (
+    Criterion,
+    RubricBatchRequest,
+    RubricBatchResponse,
+    RubricRequest,
+    RubricResponse,
+    ServiceInfo,
+    rubric_problems,
+)
+from rcsd.services.engines.base import Engine, GenerationParams
+from rcsd.services.kit.errors import ServiceError, invalid
+from rcsd.services.kit.metrics import ServiceMetrics
+from rcsd.services.kit.templates import TemplateSet
+from rcsd.services.rubric.generation_format import generation_schema, to_criteria
+from rcsd.services.rubric.settings import RubricSettings
+from rcsd.services.rubric.store import RubricStore, StoredRubric, request_key
+
+log = logging.getLogger("rcsd.rubric")
+RETRY_TEMPERATURE = 0.7  # retries of a greedy (temperature 0) request sample, or they would repeat
+SEED_STRIDE = 1_000_003  # attempt i uses seed + i * stride
+
+
+class RubricService:
+    def __init__(
+        self, engine: Engine, store: RubricStore, settings: RubricSettings, metrics: ServiceMetrics
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.templates = TemplateSet("rcsd.services.rubric", settings.template_version)
+        self.template_version = f"rubric-{settings.template_version}"
+        self._in_flight: dict[str, asyncio.Future[StoredRubric]] = {}
+
+    def info(self) -> ServiceInfo:
+        return ServiceInfo(
+            service="rubric",
+            backend=self.engine.name,
+            model=self.engine.info,
+            template_version=self.template_version,
+            limits={"max_batch": self.settings.max_batch, "max_model_len": self.engine.info.max_model_len},
+        )
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+        await self.store.aclose()
+
+    async def get(self, rubric_id: str) -> RubricResponse:
+        record = await self.store.get_by_id(rubric_id)
+        if record is None:
+            raise ServiceError(404, f"no rubric with id {rubric_id!r}", type="not_found", field="rubric_id")
+        return record.response(cached=True)
+
+    async def generate_batch(self, batch: RubricBatchRequest) -> RubricBatchResponse:
+        if len(batch.requests) > self.settings.max_batch:
+            raise invalid(
+                "requests", f"{len(batch.requests)} requests exceed max_batch {self.settings.max_batch}"
+            )
+        return RubricBatchResponse(
+            results=list(await asyncio.gather(*(self.generate(r) for r in batch.requests)))
+        )
+
+    async def generate(self, request: RubricRequest) -> RubricResponse:
+        info = self.engine.info
+        key = request_key(
+            request, model=info.name, model_revision=info.revision, template_version=self.template_version
+        )
+        record = await self.store.get(key)
+        if record is not None:
+            self.metrics.rubrics(source="store").inc()
+            return record.response(cached=True)
+        if key in self._in_flight:  # an identical request in this process is generating it
+            self.metrics.rubrics(source="shared").inc()
+            return (await asyncio.shield(self._in_flight[key])).response(cached=True)
+        future: asyncio.Future[StoredRubric] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            record, generated = await self._generate_once(key, request)
+            future.set_result(record)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # waiters re-raise it
+            raise
+        finally:
+            del self._in_flight[key]
+        self.metrics.rubrics(source="generated" if generated else "store").inc()
+        return record.response(cached=not generated)
+
+    async def _generate_once(self, key: str, request: RubricRequest) -> tuple[StoredRubric, bool]:
+        async with self.store.generation_lock(key, timeout=self.settings.lock_timeout_s):
+            record = await self.store.get(key)  # another replica may have made it while we waited
+            if record is not None:
+                return record, False
+            criteria, attempts = await self._sample_valid(request)
+            info = self.engine.info
+            record = StoredRubric(
+                key=key,
+                criteria=criteria,
+                model=info.name,
+                model_revision=info.revision,
+                template_version=self.template_version,
+                question=request.question,
+                reference_answer=request.reference_answer,
+                attempts=attempts,
+            )
+            return await self.store.put(record), True
+
+    async def _sample_valid(self, request: RubricRequest) -> tuple[list[Criterion], int]:
+        """Constrained decoding guarantees the JSON shape; semantic checks may still fail: resample."""
+        prompt_ids = self._prompt_ids(request)
+        if len(prompt_ids) + request.max_tokens > self.engine.info.max_model_len:
+            raise invalid(
+                "max_tokens",
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({request.max_tokens}) "
+                f"exceed max_model_len {self.engine.info.max_model_len}",
+            )
+        schema = generation_schema(request.bounds)
+        failures: list[str] = []
+        for attempt in range(self.settings.max_attempts):
+            temperature = request.temperature if attempt == 0 else max(request.temperature, RETRY_TEMPERATURE)
+            params = GenerationParams(
+                max_tokens=request.max_tokens,
+                temperature=temperature,
+                seed=request.seed + attempt * SEED_STRIDE,
+                json_schema=schema,
+            )
+            [text] = await self.engine.generate([prompt_ids], params)
+            criteria, problem = _checked(text, request)
+            if criteria is not None:
+                return criteria, attempt + 1
+            failures.append(f"attempt {attempt + 1}: {problem}")
+        log.warning("rubric generation failed", extra={"fields": {"failures": failures}})
+        raise ServiceError(
+            422,
+            f"no valid rubric after {self.settings.max_attempts} attempts: " + " | ".join(failures),
+            type="rubric_generation_failed",
+        )
+
+    def _prompt_ids(self, request: RubricRequest) -> list[int]:
+        text = self.templates.render(
+            "designer",
+            question=request.question,
+            reference_answer=request.reference_answer,
+            min_criteria=request.bounds.min_criteria,
+            max_criteria=request.bounds.max_criteria,
+        )
+        tokenizer = self.engine.tokenizer
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def _checked(text: str, request: RubricRequest) -> tuple[list[Criterion] | None, str]:
+    """The rubric if it parses and passes the semantic checks, else why not (e.g. cut off)."""
+    try:
+        criteria = to_criteria(json.loads(text))
+    except (json.JSONDecodeError, ValidationError, KeyError, TypeError) as exc:
+        return (
+            None,
+            f"output did not parse ({type(exc).__name__}; max_tokens {request.max_tokens} too small?)",
+        )
+    problems = rubric_problems(criteria, request.bounds)
+    return (None, "; ".join(problems)) if problems else (criteria, "")

@@ -1,0 +1,180 @@
+"""POST /rubrics on real service processes: schema-valid output, the store, concurrency, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rcsd.client.protocol import Criterion, RubricBounds, RubricResponse, rubric_problems
+from tests.servers import ServiceProcess
+
+# Small bounds keep a random-weight model's maximal-length strings short enough to test quickly.
+BOUNDS = {"min_criteria": 2, "max_criteria": 2}
+
+
+def ask(question: str, **extra: object) -> dict:
+    return {"question": question, "reference_answer": "42", "bounds": BOUNDS, "max_tokens": 1400, **extra}
+
+
+def rubric_server(model: Path, store_url: str, log_dir: Path, backend: str = "hf") -> ServiceProcess:
+    args = ["--backend", backend, "--model", str(model), "--dtype", "float32", "--store-url", store_url]
+    return ServiceProcess("rubric", args, log_dir)
+
+
+def generated_count(server: ServiceProcess) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith('rcsd_rubrics_total{source="generated"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def assert_valid(body: dict) -> RubricResponse:
+    rubric = RubricResponse.model_validate(body)
+    assert rubric_problems(rubric.criteria, RubricBounds(**BOUNDS)) == []
+    assert any(c.weight == -1 for c in rubric.criteria)
+    return rubric
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    folder = tmp_path_factory.mktemp("rubric-hf")
+    process = rubric_server(tiny_model_dir, f"sqlite:///{folder / 'rubrics.db'}", folder).start()
+    yield process
+    process.stop()
+
+
+def test_generated_rubric_fits_schema_and_is_stored(server):
+    first = httpx.post(f"{server.url}/rubrics", json=ask("Why is the sky blue?"), timeout=300)
+    assert first.status_code == 200, first.text
+    rubric = assert_valid(first.json())
+    assert not rubric.cached and rubric.attempts >= 1
+    assert rubric.template_version == "rubric-v1" and rubric.model
+    again = httpx.post(f"{server.url}/rubrics", json=ask("Why is the sky blue?"), timeout=60).json()
+    assert again["cached"] and again["attempts"] == 0
+    assert again["rubric_id"] == rubric.rubric_id and again["criteria"] == first.json()["criteria"]
+    fetched = httpx.get(f"{server.url}/rubrics/{rubric.rubric_id}").json()
+    assert fetched["criteria"] == first.json()["criteria"] and fetched["cached"]
+
+
+def test_batch_keeps_order_and_generates_identical_requests_once(server):
+    before = generated_count(server)
+    requests = [ask("Why is the sky blue?"), ask("What is entropy?"), ask("What is entropy?")]
+    r = httpx.post(f"{server.url}/rubrics/batch", json={"requests": requests}, timeout=300)
+    assert r.status_code == 200, r.text
+    results = [assert_valid(x) for x in r.json()["results"]]
+    assert results[0].cached  # stored by the test above
+    assert results[1].rubric_id == results[2].rubric_id
+    assert generated_count(server) - before == 1
+
+
+def test_concurrent_identical_requests_generate_once(server):
+    before = generated_count(server)
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(
+                *(client.post(f"{server.url}/rubrics", json=ask("Define momentum.")) for _ in range(5))
+            )
+
+    responses = asyncio.run(fire())
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.json()["rubric_id"] for r in responses}) == 1
+    assert generated_count(server) - before == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "text"),
+    [
+        ({"question": ""}, "question", "at least 1 character"),
+        ({"question": "   "}, "body", "blank"),
+        ({"question": "x" * 20_001}, "question", "20000"),
+        ({"question": "q", "bounds": {"min_criteria": 10, "max_criteria": 5}}, "bounds", "must not exceed"),
+        ({"question": "q", "bounds": {"min_criteria": 3, "max_criteria": 1000}}, "bounds.max_criteria", "50"),
+        ({"question": "q", "temperature": -1}, "temperature", "greater than or equal to 0"),
+        ({"question": "q", "max_tokens": 10**6}, "max_tokens", "8192"),
+        ({"question": "q", "max_tokens": 4000}, "max_tokens", "max_model_len 2048"),
+        ({"question": "q", "colour": "red"}, "colour", "xtra"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(server, body, field, text):
+    r = httpx.post(f"{server.url}/rubrics", json=body, timeout=60)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field
+    assert text in r.json()["error"]["message"]
+
+
+def test_unknown_rubric_is_404_and_oversized_batch_is_422(server):
+    r = httpx.get(f"{server.url}/rubrics/rub_000000000000000000000000")
+    assert r.status_code == 404 and r.json()["error"]["field"] == "rubric_id"
+    r = httpx.post(f"{server.url}/rubrics/batch", json={"requests": [{"question": "q"}] * 65})
+    assert r.status_code == 422 and "max_batch 64" in r.json()["error"]["message"]
+
+
+def test_store_survives_a_crash_mid_batch(tiny_model_dir, tmp_path):
+    store_url = f"sqlite:///{tmp_path / 'rubrics.db'}"
+    first = rubric_server(tiny_model_dir, store_url, tmp_path).start()
+    stored = httpx.post(f"{first.url}/rubrics", json=ask("What is a photon?"), timeout=300).json()
+    with httpx.Client(timeout=300) as client:  # a batch in flight when the process dies
+        try:
+            client.post(
+                f"{first.url}/rubrics/batch",
+                json={"requests": [ask(f"Question {i}?") for i in range(4)]},
+                timeout=3,
+            )
+        except httpx.ReadTimeout:
+            pass
+    first.kill()
+    second = rubric_server(tiny_model_dir, store_url, tmp_path).start()
+    try:
+        again = httpx.post(f"{second.url}/rubrics", json=ask("What is a photon?"), timeout=60).json()
+        assert again["cached"] and again["rubric_id"] == stored["rubric_id"]
+        fresh = httpx.post(f"{second.url}/rubrics", json=ask("Question 0?"), timeout=300)
+        assert fresh.status_code == 200
+        assert_valid(fresh.json())
+    finally:
+        second.stop()
+
+
+@pytest.mark.postgres
+def test_two_processes_sharing_postgres_generate_once(tiny_model_dir, tmp_path, postgres_server):
+    store_url = postgres_server.create_database()
+    servers = [rubric_server(tiny_model_dir, store_url, tmp_path) for _ in range(2)]
+    for s in servers:
+        s.start()
+    try:
+
+        async def fire() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=300) as client:
+                return await asyncio.gather(
+                    *(
+                        client.post(f"{s.url}/rubrics", json=ask("What is a volt?"))
+                        for s in servers
+                        for _ in range(2)
+                    )
+                )
+
+        responses = asyncio.run(fire())
+        assert {r.status_code for r in responses} == {200}, [r.text for r in responses]
+        assert len({r.json()["rubric_id"] for r in responses}) == 1
+        assert sum(generated_count(s) for s in servers) == 1
+        assert sum(not r.json()["cached"] for r in responses) == 1
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.mark.vllm
+def test_vllm_backend_rubric_fits_schema(tiny_model_dir, tmp_path):
+    server = rubric_server(tiny_model_dir, f"sqlite:///{tmp_path / 'r.db'}", tmp_path, backend="vllm").start()
+    try:
+        r = httpx.post(f"{server.url}/rubrics", json=ask("Why do ships float?"), timeout=300)
+        assert r.status_code == 200, r.text
+        rubric = assert_valid(r.json())
+        assert all(isinstance(c, Criterion) for c in rubric.criteria)
+        assert httpx.get(f"{server.url}/v1/info").json()["backend"] == "vllm"
+    finally:
+        server.stop()
