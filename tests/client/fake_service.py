@@ -42,7 +42,7 @@ from rcsd.client.protocol import (
     TeacherRequest,
     TeacherResponse,
 )
-from tests.servers import free_port
+from rcsd.services.launch import free_port
 
 VOCAB = 1000
 OPEN_PATHS = {"/health", "/ready"}

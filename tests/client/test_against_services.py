@@ -27,7 +27,7 @@ from rcsd.client import (
     TeacherResponse,
 )
 from rcsd.client import tokenizer_hash as client_tokenizer_hash
-from tests.servers import ServiceProcess
+from rcsd.services.launch import ServiceProcess
 
 LIMITS = [
     "--max-top-k", "8",
@@ -36,6 +36,8 @@ LIMITS = [
     "--max-completion-tokens-per-request", "48",
 ]  # fmt: skip
 ATOL = 1e-4
+
+
 def teacher(model_dir: Path, log_dir: Path) -> ServiceProcess:
     args = ["--backend", "hf", "--model", str(model_dir), "--dtype", "float32", *LIMITS]
     return ServiceProcess("teacher", args, log_dir)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from rcsd.client.protocol import Criterion, RubricBounds, RubricResponse, rubric_problems
-from tests.servers import ServiceProcess
+from rcsd.services.launch import ServiceProcess
 
 # Small bounds keep a random-weight model's maximal-length strings short enough to test quickly.
 BOUNDS = {"min_criteria": 2, "max_criteria": 2}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.servers import ServiceProcess
+from rcsd.services.launch import ServiceProcess
 
 BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from rcsd.services.engines.identity import tokenizer_hash
-from tests.servers import ServiceProcess
+from rcsd.services.launch import ServiceProcess
 from tests.services.teacher.payloads import group
 
 KEY = "s3cret"
