@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="rcsd", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="start a service (see `rcsd serve teacher --help`)")
+    # no argparse --help here: `rcsd serve teacher --help` lists the settings class's flags instead
+    serve_cmd = commands.add_parser(
+        "serve", add_help=False, help="start a service (see `rcsd serve teacher --help`)"
+    )
     serve_cmd.add_argument("service", choices=["teacher", "rubric"])
     prepare = commands.add_parser("prepare-model", help="convert the bundled SmolLM2 to safetensors, once")
     prepare.add_argument("--cache-dir", type=Path, default=None)
