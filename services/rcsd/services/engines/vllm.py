@@ -62,7 +62,13 @@ from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from rcsd.client.protocol import ModelInfo
-from rcsd.services.engines.base import Engine, EngineConfig, GenerationParams, ScoredTokens
+from rcsd.services.engines.base import (
+    Engine,
+    EngineConfig,
+    GenerationParams,
+    ScoredTokens,
+    UnsupportedParameter,
+)
 from rcsd.services.engines.identity import model_revision, tokenizer_hash
 
 GiB = 2**30
@@ -70,14 +76,6 @@ CACHE_DIR_ENV = "RCSD_CACHE_DIR"  # merged adapters go to $RCSD_CACHE_DIR/merged
 DEFAULT_BLOCK_SIZE = 16  # when the front end does not know the attention backend's block size
 
 _Rows = tuple[np.ndarray, np.ndarray]  # int32 ids and float32 log-probs, [rows, 1 + top_k]
-
-
-class UnsupportedParameter(ValueError):
-    """A request parameter this engine cannot honour: the client's to fix, so a 4xx."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 class VllmEngine(Engine):
