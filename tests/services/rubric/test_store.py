@@ -11,6 +11,7 @@ import io
 import itertools
 import os
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -405,3 +406,27 @@ def _child_main(mode: str, *args: str) -> None:
 
 if __name__ == "__main__":
     _child_main(*sys.argv[1:])
+
+
+async def test_cli_moves_a_store_between_engines(new_store_url: Callable[[], str], tmp_path: Path) -> None:
+    """`rcsd rubrics export|import` as a user runs it, from this test's engine into SQLite."""
+    records = [make_record(f"cli question {i}") for i in range(3)]
+    source_url, target_url = new_store_url(), f"sqlite:///{tmp_path / 'moved.db'}"
+    async with await open_store(source_url) as source:
+        await source.put_many(records)
+    path = tmp_path / "moved.jsonl"
+    for args in (
+        ["export", str(path), "--store-url", source_url],
+        ["import", str(path), "--store-url", target_url],
+    ):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "rcsd.services.cli", "rubrics", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "3 rubrics" in done.stdout
+    async with await open_store(target_url) as target:
+        assert [await target.get(r.key) for r in records] == records

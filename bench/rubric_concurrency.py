@@ -1,0 +1,120 @@
+"""Rubric generation throughput: 32 concurrent requests vs. the same 32 one at a time.
+
+The rubric service on SmolLM2-135M-Instruct with the vLLM backend (continuous batching),
+a fresh SQLite store, and 32 distinct keys per phase (the five shipped demo questions with
+different seeds), so nothing is served from the store. Target: concurrent >= 3x rubrics/s.
+
+    .venv/bin/python bench/rubric_concurrency.py [--backend vllm] [--requests 32] [--max-tokens 512]
+
+Prints a table, then one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from rcsd.client import AsyncRubricClient, RubricRequest
+from rcsd.services.demo.questions import load_questions
+from rcsd.services.launch import ServiceProcess
+from rcsd.services.models.default import prepare_default_model
+
+
+def requests_for(count: int, first_seed: int, max_tokens: int) -> list[RubricRequest]:
+    questions = load_questions()
+    return [
+        RubricRequest(
+            question=q.question,
+            reference_answer=q.reference_answer,
+            seed=first_seed + i,
+            max_tokens=max_tokens,
+        )
+        for i, q in ((i, questions[i % len(questions)]) for i in range(count))
+    ]
+
+
+async def run(
+    client: AsyncRubricClient, requests: list[RubricRequest], concurrent: bool
+) -> tuple[float, int]:
+    """Seconds for all requests, and how many came back as rubrics (the rest failed their checks)."""
+    started = time.perf_counter()
+    if concurrent:
+        results = await asyncio.gather(*(client.generate(r) for r in requests), return_exceptions=True)
+    else:
+        results = []
+        for r in requests:
+            try:
+                results.append(await client.generate(r))
+            except Exception as exc:  # a rubric that failed its checks still cost its generation
+                results.append(exc)
+    elapsed = time.perf_counter() - started
+    return elapsed, sum(not isinstance(r, BaseException) for r in results)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="vllm")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--model", type=Path, default=None, help="default: the prepared SmolLM2")
+    args = parser.parse_args()
+    model = args.model or prepare_default_model()
+
+    with tempfile.TemporaryDirectory() as folder:
+        service = ServiceProcess(
+            "rubric",
+            [
+                "--backend",
+                args.backend,
+                "--model",
+                str(model),
+                "--store-url",
+                f"sqlite:///{folder}/rubrics.db",
+                "--max-concurrency",
+                str(args.requests),
+                "--max-attempts",
+                "1",
+            ],
+            Path(folder),
+        ).start(timeout_s=600)
+        try:
+            async with AsyncRubricClient(service.url, timeout=1800, deadline=3600) as client:
+                await client.generate(requests_for(1, 10_000, args.max_tokens)[0])  # warm-up
+                sequential_s, sequential_ok = await run(
+                    client, requests_for(args.requests, 0, args.max_tokens), False
+                )
+                concurrent_s, concurrent_ok = await run(
+                    client, requests_for(args.requests, 1_000, args.max_tokens), True
+                )
+        finally:
+            service.stop()
+
+    n = args.requests
+    ratio = sequential_s / concurrent_s
+    print(f"\n{n} rubric requests, {model.name}, {args.backend} backend, max_tokens {args.max_tokens}")
+    print(f"{'mode':<16}{'seconds':>9}{'rubrics/s':>11}{'valid':>7}")
+    print(f"{'one at a time':<16}{sequential_s:>9.1f}{n / sequential_s:>11.3f}{sequential_ok:>7}")
+    print(f"{'concurrent':<16}{concurrent_s:>9.1f}{n / concurrent_s:>11.3f}{concurrent_ok:>7}")
+    print(f"concurrent / one at a time: {ratio:.2f}x")
+    print(
+        json.dumps(
+            {
+                "bench": "rubric_concurrency",
+                "backend": args.backend,
+                "requests": n,
+                "sequential_s": sequential_s,
+                "concurrent_s": concurrent_s,
+                "speedup": ratio,
+                "sequential_valid": sequential_ok,
+                "concurrent_valid": concurrent_ok,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
