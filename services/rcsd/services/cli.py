@@ -4,6 +4,7 @@
     rcsd serve rubric  --backend hf   --model PATH_OR_ID [--store-url sqlite:///rubrics.db ...]
     rcsd prepare-model [--cache-dir DIR]
     rcsd rubrics export|import FILE --store-url URL
+    rcsd demo [--backend hf|vllm ...]  (`rcsd demo --help`)
 
 Service flags are the fields of the service's settings class (`--help` lists them);
 each can also come from an env var `RCSD_TEACHER_<FIELD>` / `RCSD_RUBRIC_<FIELD>`.
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("direction", choices=["export", "import"])
     move.add_argument("file", type=Path)
     move.add_argument("--store-url", required=True)
+    commands.add_parser(
+        "demo", help="both services on SmolLM2, end to end (see `rcsd demo --help`)", add_help=False
+    )
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
@@ -92,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = CliApp.run(settings_class, cli_args=rest)
         serve(settings, args.service)
         return 0
+    if args.command == "demo":
+        from rcsd.services.demo.run import main as demo_main
+
+        return demo_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "prepare-model":
