@@ -129,7 +129,6 @@ async def bench_vllm_openai(
             "--max-logprobs",
             str(TOP_K + 1),
             "--enforce-eager",
-            "--disable-log-requests",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-try:
-    from tests.pg_server import INSTALL_HINT, PostgresServer, find_pg_bindir, start_postgres
-except ImportError:  # plain `pytest` does not put the repo root on sys.path; `python -m pytest` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from tests.pg_server import INSTALL_HINT, PostgresServer, find_pg_bindir, start_postgres
+from tests.pg_server import INSTALL_HINT, PostgresServer, find_pg_bindir, start_postgres
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

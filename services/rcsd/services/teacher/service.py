@@ -16,7 +16,7 @@ from rcsd.client.protocol import (
     TeacherRequest,
     TeacherResponse,
 )
-from rcsd.services.engines.base import Engine, GenerationParams
+from rcsd.services.engines.base import Engine, GenerationParams, UnsupportedParameter
 from rcsd.services.kit.errors import invalid
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.templates import TemplateSet
@@ -127,7 +127,12 @@ class TeacherService:
             rationale = await self._auto_rationale(request)
         context_ids = self.context.encode(self.context.messages(request, rationale))
         self._check_lengths(request, len(context_ids), prefix)
-        scored = await self.engine.score(context_ids, request.completions, request.top_k, request.temperature)
+        try:
+            scored = await self.engine.score(
+                context_ids, request.completions, request.top_k, request.temperature
+            )
+        except UnsupportedParameter as exc:
+            raise invalid(prefix + exc.field, exc.message) from exc
         self.metrics.tokens_scored.inc(sum(len(c) for c in request.completions))
         info = self.engine.info
         return TeacherResponse(
