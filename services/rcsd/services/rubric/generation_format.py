@@ -3,8 +3,8 @@
 The wire rubric is a flat array of criteria. The generator writes an object with
 `criteria` (weights 1-10) and `pitfalls` (weight -1 implied) instead, so the grammar
 itself guarantees at least one pitfall, the count bounds, weights in range and
-descriptions of at most 40 single-space-separated words. Semantic checks that no
-grammar expresses (duplicate titles) still run afterwards.
+descriptions of at most 40 single-space-separated words. Repeated titles, which no
+grammar expresses, are dropped; the semantic checks then run on what is left.
 """
 
 from __future__ import annotations
@@ -65,7 +65,19 @@ def generation_schema(bounds: RubricBounds) -> dict[str, Any]:
 
 
 def to_criteria(generated: dict[str, Any]) -> list[Criterion]:
-    """The flat wire rubric: weighted criteria first, then the pitfalls at weight -1."""
-    return [Criterion(**item) for item in generated["criteria"]] + [
+    """The flat wire rubric: weighted criteria first, then the pitfalls at weight -1.
+
+    A criterion whose title repeats an earlier one (ignoring case) is dropped: small models
+    often repeat themselves, and the copy adds nothing. The count bounds are checked after.
+    """
+    criteria = [Criterion(**item) for item in generated["criteria"]] + [
         Criterion(**item, weight=PITFALL_WEIGHT) for item in generated["pitfalls"]
     ]
+    seen: set[str] = set()
+    unique = []
+    for criterion in criteria:
+        title = criterion.title.strip().lower()
+        if title not in seen:
+            seen.add(title)
+            unique.append(criterion)
+    return unique
