@@ -46,22 +46,28 @@ FILLER = (
 )
 
 
-async def median_seconds(run: Callable[[], Awaitable[object]], reps: int) -> float:
-    await run()  # warm-up: compilation, caches, connection set-up
+async def median_seconds(run: Callable[[int], Awaitable[object]], reps: int) -> float:
+    """Run i scores completion set i: fresh completions each time, as in training (a repeat
+    of the very same sequences would be a prefix-cache hit that no training step gets)."""
+    await run(0)  # warm-up: compilation, caches, connection set-up
     times = []
-    for _ in range(reps):
+    for i in range(1, reps + 1):
         started = time.perf_counter()
-        await run()
+        await run(i)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
-def workload(tokenizer, service_url: str) -> tuple[TeacherRequest, list[int]]:
-    """A `none`-mode group whose rendered context is exactly CONTEXT_TOKENS long, and that context."""
+def workload(tokenizer, service_url: str, reps: int) -> tuple[list[TeacherRequest], list[int]]:
+    """`none`-mode groups (one per run) whose rendered context is exactly CONTEXT_TOKENS long,
+    and that context."""
     rng = np.random.default_rng(0)
     special = set(tokenizer.all_special_ids)
     vocab = [i for i in range(len(tokenizer)) if i not in special]
-    completions = [rng.choice(vocab, COMPLETION_TOKENS).tolist() for _ in range(GROUP)]
+    completion_sets = [
+        [rng.choice(vocab, COMPLETION_TOKENS).tolist() for _ in range(GROUP)] for _ in range(reps + 1)
+    ]
+    completions = completion_sets[0]
     filler_ids = tokenizer(FILLER * 40, add_special_tokens=False)["input_ids"]
     n = CONTEXT_TOKENS
     for _ in range(20):  # the template adds tokens around the question: trim until exact
@@ -77,7 +83,8 @@ def workload(tokenizer, service_url: str) -> tuple[TeacherRequest, list[int]]:
             f"{service_url}/teacher_logprobs", json=probe.model_dump(mode="json"), timeout=120
         ).json()["context_ids"]
         if len(context) == CONTEXT_TOKENS:
-            return request.model_copy(update={"return_context_ids": False}), context
+            request = request.model_copy(update={"return_context_ids": False})
+            return [request.model_copy(update={"completions": c}) for c in completion_sets], context
         n += CONTEXT_TOKENS - len(context)
     raise RuntimeError("could not build an exact 1,024-token context")
 
@@ -91,13 +98,15 @@ async def bench_backend(backend: str, model: Path, dtype: str, reps: int, log_di
     try:
         async with AsyncTeacherClient(service.url, binary=True, timeout=600) as client:
             engine_info = await client.info()
-            request, context = workload(AutoTokenizer.from_pretrained(model), service.url)
-            http_s = await median_seconds(lambda: client.score(request), reps)
+            requests, context = workload(AutoTokenizer.from_pretrained(model), service.url, reps)
+            http_s = await median_seconds(lambda i: client.score(requests[i]), reps)
     finally:
         service.stop()
     engine = await load_engine(backend, EngineConfig(model=str(model), dtype=dtype, max_top_k=TOP_K))
     try:
-        inproc_s = await median_seconds(lambda: engine.score(context, request.completions, TOP_K, 1.0), reps)
+        inproc_s = await median_seconds(
+            lambda i: engine.score(context, requests[i].completions, TOP_K, 1.0), reps
+        )
     finally:
         await engine.aclose()
     return {
@@ -105,13 +114,18 @@ async def bench_backend(backend: str, model: Path, dtype: str, reps: int, log_di
         "dtype": engine_info.model.dtype,
         "http_s": http_s,
         "inprocess_s": inproc_s,
-        "request": request,
+        "requests": requests,
         "context": context,
     }
 
 
 async def bench_vllm_openai(
-    model: Path, dtype: str, reps: int, context: list[int], completions: list[list[int]], log_dir: Path
+    model: Path,
+    dtype: str,
+    reps: int,
+    context: list[int],
+    completion_sets: list[list[list[int]]],
+    log_dir: Path,
 ) -> dict:
     port = free_port()
     log = open(log_dir / "vllm-openai.log", "wb")
@@ -147,17 +161,20 @@ async def bench_vllm_openai(
             await asyncio.sleep(0.5)
         else:
             raise TimeoutError("vLLM OpenAI server did not start")
-        sequences = [context + c for c in completions]
+        sequence_sets = [[context + c for c in completions] for completions in completion_sets]
         body = {"model": str(model), "max_tokens": 1, "prompt_logprobs": TOP_K, "temperature": 0}
         async with httpx.AsyncClient(timeout=600) as http:
 
-            async def one_call() -> None:
-                r = await http.post(f"{url}/v1/completions", json={**body, "prompt": sequences})
+            async def one_call(i: int) -> None:
+                r = await http.post(f"{url}/v1/completions", json={**body, "prompt": sequence_sets[i]})
                 r.raise_for_status()
 
-            async def per_sequence() -> None:
+            async def per_sequence(i: int) -> None:
                 rs = await asyncio.gather(
-                    *(http.post(f"{url}/v1/completions", json={**body, "prompt": s}) for s in sequences)
+                    *(
+                        http.post(f"{url}/v1/completions", json={**body, "prompt": s})
+                        for s in sequence_sets[i]
+                    )
                 )
                 for r in rs:
                     r.raise_for_status()
@@ -189,7 +206,12 @@ async def main() -> None:
     ]
     first = results[0]
     baseline = await bench_vllm_openai(
-        model, args.dtype, args.reps, first["context"], first["request"].completions, args.log_dir
+        model,
+        args.dtype,
+        args.reps,
+        first["context"],
+        [r.completions for r in first["requests"]],
+        args.log_dir,
     )
     best_baseline = min(baseline.values())
 

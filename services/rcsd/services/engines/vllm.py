@@ -34,6 +34,8 @@ and a request is trusted when its hit ends at or before L-1. Hits are block-alig
   recomputes at most one block;
 - a completion that shares enough leading tokens with a sibling to reach the next block
   boundary would miss rows it cannot get back, so it is scored without reading the cache;
+- the primer runs first, alone: it computes the context once and fills the prefix cache, so
+  the siblings sent after it find the context there instead of each computing it;
 - anything else (a hit from another group, a preemption) is caught by checking
   `num_cached_tokens` and `metrics.num_preemptions`, and the completion is scored again
   without reading the cache.
@@ -125,26 +127,20 @@ class VllmEngine(Engine):
             raise UnsupportedParameter("top_k", f"must be in [0, {self.config.max_top_k}], got {top_k}")
         if not context_ids:
             raise UnsupportedParameter("context_ids", "the context must hold at least one token")
-        length = len(context_ids)
-        reuse = _may_read_cache(length, completions, self.block_size)
-        first_rows = None
-        if length % self.block_size == 0:  # siblings will hit exactly `length` and miss row L-1
-            first_tokens = Counter(c[0] for c, ok in zip(completions, reuse, strict=True) if ok and c)
-            if first_tokens:
-                first_rows = asyncio.create_task(self._first_rows(context_ids, first_tokens, top_k))
-                first_rows.add_done_callback(_retrieve)  # a failure nobody awaited is not logged
-        try:
-            return list(
-                await asyncio.gather(
-                    *(
-                        self._score_one(context_ids, c, top_k, ok, first_rows)
-                        for c, ok in zip(completions, reuse, strict=True)
-                    )
+        reuse = _may_read_cache(len(context_ids), completions, self.block_size)
+        first_tokens = Counter(c[0] for c, ok in zip(completions, reuse, strict=True) if ok and c)
+        # The context is computed once, by the primer, before the siblings are sent: sent together,
+        # each would find the cache still empty and compute the whole context itself. The primer
+        # also yields row L-1, which a sibling whose cache hit covers the whole context leaves out.
+        first_rows = await self._first_rows(context_ids, first_tokens, top_k) if first_tokens else None
+        return list(
+            await asyncio.gather(
+                *(
+                    self._score_one(context_ids, c, top_k, ok, first_rows)
+                    for c, ok in zip(completions, reuse, strict=True)
                 )
             )
-        finally:
-            if first_rows is not None:
-                first_rows.cancel()
+        )
 
     async def _score_one(
         self,
@@ -152,7 +148,7 @@ class VllmEngine(Engine):
         completion: list[int],
         top_k: int,
         read_cache: bool,
-        first_rows: asyncio.Task[dict[int, _Rows]] | None,
+        first_rows: dict[int, _Rows] | None,
     ) -> ScoredTokens:
         if not completion:
             return _scored(np.zeros((0, top_k + 1), np.int32), np.zeros((0, top_k + 1), np.float32), top_k)
@@ -169,7 +165,7 @@ class VllmEngine(Engine):
         ids_T_W, logprobs_T_W = _prompt_rows(out, len(context_ids) + len(completion) - 1 - first_row, top_k)
         if first_row == length:
             assert first_rows is not None
-            primer_ids_1_W, primer_logprobs_1_W = (await first_rows)[completion[0]]
+            primer_ids_1_W, primer_logprobs_1_W = first_rows[completion[0]]
             ids_T_W = np.concatenate([primer_ids_1_W, ids_T_W])
             logprobs_T_W = np.concatenate([primer_logprobs_1_W, logprobs_T_W])
         if not np.array_equal(ids_T_W[:, 0], completion):
@@ -250,11 +246,6 @@ class VllmEngine(Engine):
         if self.llm.output_handler is not None:  # else it logs the engine core's exit as an error
             self.llm.output_handler.cancel()
         await asyncio.to_thread(self.llm.shutdown)
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def engine_args(config: EngineConfig, on_cpu: bool, served: str) -> AsyncEngineArgs:
