@@ -4,7 +4,7 @@ The rubric service on SmolLM2-135M-Instruct with the vLLM backend (continuous ba
 a fresh SQLite store, and 32 distinct keys per phase (the five shipped demo questions with
 different seeds), so nothing is served from the store. Target: concurrent >= 3x rubrics/s.
 
-    .venv/bin/python bench/rubric_concurrency.py [--backend vllm] [--requests 32] [--max-tokens 512]
+    .venv/bin/python bench/rubric_concurrency.py [--backend vllm] [--requests 32] [--max-tokens 768]
 
 Prints a table, then one line of JSON.
 """
@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from rcsd.client import AsyncRubricClient, RubricRequest
+from rcsd.client import AsyncRubricClient, RubricBounds, RubricRequest
 from rcsd.services.demo.questions import load_questions
 from rcsd.services.launch import ServiceProcess
 from rcsd.services.models.default import prepare_default_model
 
 
-def requests_for(count: int, first_seed: int, max_tokens: int) -> list[RubricRequest]:
+def requests_for(count: int, first_seed: int, max_tokens: int, bounds: RubricBounds) -> list[RubricRequest]:
     questions = load_questions()
     return [
         RubricRequest(
@@ -32,6 +32,7 @@ def requests_for(count: int, first_seed: int, max_tokens: int) -> list[RubricReq
             reference_answer=q.reference_answer,
             seed=first_seed + i,
             max_tokens=max_tokens,
+            bounds=bounds,
         )
         for i, q in ((i, questions[i % len(questions)]) for i in range(count))
     ]
@@ -59,10 +60,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="vllm")
     parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=768)
+    parser.add_argument(
+        "--max-criteria", type=int, default=6, help="the demo's bound: SmolLM2 repeats itself past it"
+    )
     parser.add_argument("--model", type=Path, default=None, help="default: the prepared SmolLM2")
     args = parser.parse_args()
     model = args.model or prepare_default_model()
+    bounds = RubricBounds(min_criteria=3, max_criteria=args.max_criteria)
 
     with tempfile.TemporaryDirectory() as folder:
         service = ServiceProcess(
@@ -83,12 +88,12 @@ async def main() -> None:
         ).start(timeout_s=600)
         try:
             async with AsyncRubricClient(service.url, timeout=1800, deadline=3600) as client:
-                await client.generate(requests_for(1, 10_000, args.max_tokens)[0])  # warm-up
+                await run(client, requests_for(1, 10_000, args.max_tokens, bounds), False)  # warm-up
                 sequential_s, sequential_ok = await run(
-                    client, requests_for(args.requests, 0, args.max_tokens), False
+                    client, requests_for(args.requests, 0, args.max_tokens, bounds), False
                 )
                 concurrent_s, concurrent_ok = await run(
-                    client, requests_for(args.requests, 1_000, args.max_tokens), True
+                    client, requests_for(args.requests, 1_000, args.max_tokens, bounds), True
                 )
         finally:
             service.stop()

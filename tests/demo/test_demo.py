@@ -15,7 +15,7 @@ import pytest
 from rcsd.client.protocol import CONTEXT_MODES
 from rcsd.services.demo.run import main
 
-# The random tiny model only needs room for 2 criteria; its 2048 positions also bound the prompt.
+# The random tiny model only needs room for 2 criteria; its 4096 positions also bound the prompt.
 DEMO_ARGS = [
     "--backend",
     "hf",
@@ -97,8 +97,8 @@ def test_second_run_gets_the_stored_rubrics(two_runs: tuple[dict, str, dict, str
 
 
 def test_a_refused_rubric_is_shown_and_skipped(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """No prompt fits 2048 positions with 2000 new tokens: the service refuses (422), the demo goes on."""
-    argv = [*DEMO_ARGS, "--rubric-max-tokens", "2000", "--questions", "1", "--model", str(tiny_model_dir)]
+    """No prompt fits 4096 positions with 4096 new tokens: the service refuses (422), the demo goes on."""
+    argv = [*DEMO_ARGS, "--rubric-max-tokens", "4096", "--questions", "1", "--model", str(tiny_model_dir)]
     assert main([*argv, "--run-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]) == 0
     [q] = json.loads((tmp_path / "run" / "summary.json").read_text())["questions"]
     assert "422" in q["rubric"]["error"] and q["rubric"]["criteria"] == []

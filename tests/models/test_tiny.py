@@ -49,7 +49,7 @@ def test_files_on_disk(tiny_model_dir: Path) -> None:
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
-    assert config["max_position_embeddings"] == 2048
+    assert config["max_position_embeddings"] == 4096
 
 
 def test_chat_template(tokenizer) -> None:

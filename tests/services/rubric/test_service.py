@@ -17,7 +17,7 @@ BOUNDS = {"min_criteria": 2, "max_criteria": 2}
 
 
 def ask(question: str, **extra: object) -> dict:
-    return {"question": question, "reference_answer": "42", "bounds": BOUNDS, "max_tokens": 1400, **extra}
+    return {"question": question, "reference_answer": "42", "bounds": BOUNDS, "max_tokens": 1300, **extra}
 
 
 def rubric_server(model: Path, store_url: str, log_dir: Path, backend: str = "hf") -> ServiceProcess:
@@ -52,7 +52,7 @@ def test_generated_rubric_fits_schema_and_is_stored(server):
     assert first.status_code == 200, first.text
     rubric = assert_valid(first.json())
     assert not rubric.cached and rubric.attempts >= 1
-    assert rubric.template_version == "rubric-v1" and rubric.model
+    assert rubric.template_version == "rubric-v2" and rubric.model
     again = httpx.post(f"{server.url}/rubrics", json=ask("Why is the sky blue?"), timeout=60).json()
     assert again["cached"] and again["attempts"] == 0
     assert again["rubric_id"] == rubric.rubric_id and again["criteria"] == first.json()["criteria"]
@@ -96,7 +96,7 @@ def test_concurrent_identical_requests_generate_once(server):
         ({"question": "q", "bounds": {"min_criteria": 3, "max_criteria": 1000}}, "bounds.max_criteria", "50"),
         ({"question": "q", "temperature": -1}, "temperature", "greater than or equal to 0"),
         ({"question": "q", "max_tokens": 10**6}, "max_tokens", "8192"),
-        ({"question": "q", "max_tokens": 4000}, "max_tokens", "max_model_len 2048"),
+        ({"question": "q", "max_tokens": 8000}, "max_tokens", "max_model_len 4096"),
         ({"question": "q", "colour": "red"}, "colour", "xtra"),
     ],
 )

@@ -63,7 +63,7 @@ def test_info_describes_model_and_limits(guarded, tiny_model_dir):
     info = httpx.get(f"{guarded.url}/v1/info", headers=AUTH).json()
     assert info["service"] == "teacher" and info["backend"] == "hf"
     assert info["model"]["vocab_size"] == 1000
-    assert info["model"]["max_model_len"] == 2048
+    assert info["model"]["max_model_len"] == 4096
     assert info["model"]["tokenizer_hash"] == tokenizer_hash(AutoTokenizer.from_pretrained(tiny_model_dir))
     assert set(info["limits"]) >= {
         "max_top_k",

@@ -17,7 +17,7 @@ def _bad_cases() -> list[tuple[str, dict, str, str]]:
         ("negative id", group("rubric", [[5], [-1, 3]]), "completions.1", "-1"),
         ("empty completion", group("rubric", [[1, 2], []]), "completions.1", "empty"),
         ("no completions", group("rubric", []), "completions", "at least 1"),
-        ("over max_model_len", group("none", [[7] * 2048]), "completions.0", "max_model_len 2048"),
+        ("over max_model_len", group("none", [[7] * 4096]), "completions.0", "max_model_len 4096"),
         ("top_k over max", group("rubric", [[1]], top_k=33), "top_k", "max_top_k 32"),
         ("too many completions", group("rubric", [[1]] * 65), "completions", "max_completions_per_group 64"),
         (

@@ -66,7 +66,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         eos_token=IM_END,
         pad_token=ENDOFTEXT,
         additional_special_tokens=[IM_START],
-        model_max_length=2048,
+        model_max_length=4096,
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
     )
@@ -90,7 +90,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
         num_attention_heads=2,
         num_key_value_heads=2,
         head_dim=64,
-        max_position_embeddings=2048,
+        max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         initializer_range=INITIALIZER_RANGE,
         tie_word_embeddings=False,

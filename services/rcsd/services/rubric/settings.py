@@ -23,7 +23,7 @@ class RubricSettings(ServiceSettings):
         default_factory=_default_store_url,
         description="sqlite:///path.db (one host) or postgresql://... (replicas on several hosts)",
     )
-    template_version: str = "v1"
+    template_version: str = "v2"
     max_attempts: int = Field(default=4, ge=1, description="generations tried before a request fails")
     max_batch: int = Field(default=64, ge=1)
     lock_timeout_s: float = Field(default=600, gt=0, description="wait for another replica's generation")
