@@ -23,7 +23,7 @@ from rcsd.services.engines.base import EngineConfig, GenerationParams, ScoredTok
 from rcsd.services.engines.identity import tokenizer_hash
 from rcsd.services.engines.vllm import VllmEngine, merged_adapter_folder
 
-pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.vllm
 
 ATOL = 1e-4
 MAX_TOP_K = 16
