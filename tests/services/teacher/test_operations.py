@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,34 @@ def test_full_queue_answers_429_with_retry_after(guarded):
     refused = next(r for r in asyncio.run(fire()) if r.status_code == 429)
     assert refused.headers["retry-after"] == "2"
     assert refused.json()["error"]["type"] == "overloaded"
+
+
+@pytest.mark.vllm
+def test_a_dead_engine_makes_the_replica_unready_not_500(tiny_model_dir, tmp_path):
+    """Kill the vLLM engine core under a running service: it answers 503 and /ready says so."""
+    import psutil
+
+    server = ServiceProcess(
+        "teacher", ["--backend", "vllm", "--model", str(tiny_model_dir), "--dtype", "float32"], tmp_path
+    ).start()
+    try:
+        assert (
+            httpx.post(f"{server.url}/teacher_logprobs", json=group("none", [[1, 2]]), timeout=60).status_code
+            == 200
+        )
+        for child in psutil.Process(server.proc.pid).children(recursive=True):
+            child.kill()
+        statuses = set()
+        for _ in range(50):  # the front end notices the dead core within a moment
+            r = httpx.post(f"{server.url}/teacher_logprobs", json=group("none", [[1, 2]]), timeout=60)
+            statuses.add(r.status_code)
+            if httpx.get(f"{server.url}/ready").status_code == 503:
+                break
+            time.sleep(0.2)
+        assert httpx.get(f"{server.url}/ready").json() == {"status": "unavailable"}
+        r = httpx.post(f"{server.url}/teacher_logprobs", json=group("none", [[1, 2]]), timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable"
+        assert statuses <= {200, 503}, statuses
+        assert httpx.get(f"{server.url}/health").status_code == 200  # the process itself is alive
+    finally:
+        server.stop()

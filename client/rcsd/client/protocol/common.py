@@ -58,4 +58,4 @@ class ServiceInfo(WireModel):
 
 
 class Health(WireModel):
-    status: Literal["ok", "loading"]
+    status: Literal["ok", "loading", "unavailable"]  # unavailable: the engine died

@@ -33,6 +33,10 @@ class UnsupportedParameter(ValueError):
         self.message = message
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine died or cannot take work: a 503, and the service stops being ready."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """What to load and how; built from a service's settings."""
@@ -77,6 +81,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[str]:
         """Generate one text per prompt (token ids of an already-rendered chat prompt)."""
+
+    def is_alive(self) -> bool:
+        """False once the engine has died; /ready then answers 503 so clients go elsewhere."""
+        return True
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -62,11 +62,13 @@ from vllm.outputs import RequestOutput
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from rcsd.client.protocol import ModelInfo
 from rcsd.services.engines.base import (
     Engine,
     EngineConfig,
+    EngineUnavailable,
     GenerationParams,
     ScoredTokens,
     UnsupportedParameter,
@@ -234,10 +236,16 @@ class VllmEngine(Engine):
     async def _final(self, prompt_ids: list[int], params: SamplingParams, kind: str) -> RequestOutput:
         final = None
         request_id = f"{kind}-{uuid.uuid4().hex}"
-        async for out in self.llm.generate(tokens_input(prompt_ids), params, request_id):
-            final = out
+        try:
+            async for out in self.llm.generate(tokens_input(prompt_ids), params, request_id):
+                final = out
+        except EngineDeadError as exc:
+            raise EngineUnavailable(f"the vLLM engine died: {exc}") from exc
         assert final is not None and final.finished
         return final
+
+    def is_alive(self) -> bool:
+        return not self.llm.errored
 
     async def aclose(self) -> None:
         if self._closed:
@@ -266,6 +274,10 @@ def engine_args(config: EngineConfig, on_cpu: bool, served: str) -> AsyncEngineA
         enable_prefix_caching=True,
         max_num_seqs=config.max_num_seqs,
         enforce_eager=on_cpu,
+        # vLLM 0.32 on CPU: a seeded request whose prompt is split across steps kills the engine
+        # core ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync rewinds
+        # the generator of a partial prefill). Whole prompts per step avoid the rewind.
+        enable_chunked_prefill=not on_cpu,
         disable_log_stats=False,  # keeps RequestOutput.metrics, where preemptions are counted
         # No free whitespace in constrained JSON: a weak model otherwise emits blanks until
         # max_tokens. vLLM 0.32 reads this flag from the engine config only, not per request.

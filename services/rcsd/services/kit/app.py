@@ -33,6 +33,8 @@ OPEN_PATHS = frozenset({"/health", "/ready"})
 class LoadedService(Protocol):
     def info(self) -> ServiceInfo: ...
 
+    def is_alive(self) -> bool: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -58,6 +60,8 @@ class ServiceState(Generic[ServiceT]):
             raise ServiceError(
                 503, "engine is loading", type="unavailable", retry_after_s=self.settings.retry_after_s
             )
+        if not self.service.is_alive():
+            raise ServiceError(503, "the engine died; restart this replica", type="unavailable")
         return self.service
 
 
@@ -144,9 +148,11 @@ def create_service_app(
 
     @app.get("/ready", response_model=Health, responses={503: {"model": Health}})
     async def ready() -> JSONResponse:
-        loaded = state.service is not None
-        body = Health(status="ok" if loaded else "loading")
-        return JSONResponse(body.model_dump(), status_code=200 if loaded else 503)
+        if state.service is None:
+            status = "loading"
+        else:
+            status = "ok" if state.service.is_alive() else "unavailable"
+        return JSONResponse(Health(status=status).model_dump(), status_code=200 if status == "ok" else 503)
 
     @app.get("/v1/info", response_model=ServiceInfo)
     async def info() -> ServiceInfo:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rcsd.client.protocol import ErrorDetail, ErrorResponse
+from rcsd.services.engines.base import EngineUnavailable
 from rcsd.services.kit.request_context import current_request_id
 
 log = logging.getLogger("rcsd.errors")
@@ -62,6 +63,11 @@ def register_error_handlers(app: FastAPI) -> None:
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
         return error_response(exc.status, exc.type, exc.message, exc.field, headers)
+
+    @app.exception_handler(EngineUnavailable)
+    async def _engine_unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
+        log.error("engine unavailable: %s", exc)
+        return error_response(503, "unavailable", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

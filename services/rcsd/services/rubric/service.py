@@ -55,6 +55,9 @@ class RubricService:
             limits={"max_batch": self.settings.max_batch, "max_model_len": self.engine.info.max_model_len},
         )
 
+    def is_alive(self) -> bool:
+        return self.engine.is_alive()
+
     async def aclose(self) -> None:
         await self.engine.aclose()
         await self.store.aclose()

@@ -54,6 +54,9 @@ class TeacherService:
             limits=self.limits(),
         )
 
+    def is_alive(self) -> bool:
+        return self.engine.is_alive()
+
     async def aclose(self) -> None:
         await self.engine.aclose()
 
