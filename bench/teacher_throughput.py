@@ -35,7 +35,7 @@ from transformers import AutoTokenizer
 from rcsd.client import AsyncTeacherClient, TeacherRequest
 from rcsd.services.engines.base import EngineConfig
 from rcsd.services.engines.loader import load_engine
-from rcsd.services.launch import VLLM_CPU_ENV, ServiceProcess, free_port
+from rcsd.services.launch import VLLM_CPU_ENV, ServiceProcess, free_port, wait_until_ok
 from rcsd.services.models.default import prepare_default_model
 
 GROUP, COMPLETION_TOKENS, CONTEXT_TOKENS, TOP_K = 8, 256, 1024, 20
@@ -150,17 +150,8 @@ async def bench_vllm_openai(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(1200):
-            if server.poll() is not None:
-                raise RuntimeError(f"vLLM OpenAI server exited; see {log_dir / 'vllm-openai.log'}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.5)
-        else:
-            raise TimeoutError("vLLM OpenAI server did not start")
+        describe = f"vLLM OpenAI server; see {log_dir / 'vllm-openai.log'}"
+        await asyncio.to_thread(wait_until_ok, f"{url}/health", server, 600, lambda: describe)
         sequence_sets = [[context + c for c in completions] for completions in completion_sets]
         body = {"model": str(model), "max_tokens": 1, "prompt_logprobs": TOP_K, "temperature": 0}
         async with httpx.AsyncClient(timeout=600) as http:
