@@ -24,6 +24,7 @@ from rcsd.client.protocol import (
 from rcsd.services.engines.base import Engine, GenerationParams
 from rcsd.services.kit.errors import ServiceError, invalid
 from rcsd.services.kit.metrics import ServiceMetrics
+from rcsd.services.kit.single_flight import SingleFlight
 from rcsd.services.kit.templates import TemplateSet
 from rcsd.services.rubric.generation_format import generation_schema, to_criteria
 from rcsd.services.rubric.settings import RubricSettings
@@ -44,7 +45,7 @@ class RubricService:
         self.metrics = metrics
         self.templates = TemplateSet("rcsd.services.rubric", settings.template_version)
         self.template_version = f"rubric-{settings.template_version}"
-        self._in_flight: dict[str, asyncio.Future[StoredRubric]] = {}
+        self._generating: SingleFlight[tuple[StoredRubric, bool]] = SingleFlight()
 
     def info(self) -> ServiceInfo:
         return ServiceInfo(
@@ -86,20 +87,12 @@ class RubricService:
         if record is not None:
             self.metrics.rubrics(source="store").inc()
             return record.response(cached=True)
-        if key in self._in_flight:  # an identical request in this process is generating it
+        (record, generated), did_work = await self._generating.run(
+            key, lambda: self._generate_once(key, request)
+        )
+        if not did_work:  # an identical request in this process generated it
             self.metrics.rubrics(source="shared").inc()
-            return (await asyncio.shield(self._in_flight[key])).response(cached=True)
-        future: asyncio.Future[StoredRubric] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            record, generated = await self._generate_once(key, request)
-            future.set_result(record)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # waiters re-raise it
-            raise
-        finally:
-            del self._in_flight[key]
+            return record.response(cached=True)
         self.metrics.rubrics(source="generated" if generated else "store").inc()
         return record.response(cached=not generated)
 

@@ -19,6 +19,7 @@ from rcsd.client.protocol import (
 from rcsd.services.engines.base import Engine, GenerationParams, UnsupportedParameter
 from rcsd.services.kit.errors import invalid
 from rcsd.services.kit.metrics import ServiceMetrics
+from rcsd.services.kit.single_flight import SingleFlight
 from rcsd.services.kit.templates import TemplateSet
 from rcsd.services.teacher.context import TeacherContext
 from rcsd.services.teacher.settings import TeacherSettings
@@ -33,7 +34,7 @@ class TeacherService:
             TemplateSet("rcsd.services.teacher", settings.template_version), engine.tokenizer
         )
         self._rationales: OrderedDict[str, str] = OrderedDict()
-        self._rationales_in_flight: dict[str, asyncio.Future[str]] = {}
+        self._rationale_flight: SingleFlight[str] = SingleFlight()
 
     def limits(self) -> dict[str, int]:
         s = self.settings
@@ -165,22 +166,14 @@ class TeacherService:
         if key in self._rationales:
             self._rationales.move_to_end(key)
             return self._rationales[key]
-        if key in self._rationales_in_flight:
-            return await asyncio.shield(self._rationales_in_flight[key])
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._rationales_in_flight[key] = future
-        try:
-            params = GenerationParams(max_tokens=self.settings.rationale_max_tokens, temperature=0.0, seed=0)
-            [text] = await self.engine.generate([self.context.encode(messages)], params)
-            future.set_result(text.strip())
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # waiters re-raise it; don't warn that nobody looked
-            raise
-        finally:
-            del self._rationales_in_flight[key]
+        text, _ = await self._rationale_flight.run(key, lambda: self._generate_rationale(key, messages))
+        return text
+
+    async def _generate_rationale(self, key: str, messages: list[dict[str, str]]) -> str:
+        params = GenerationParams(max_tokens=self.settings.rationale_max_tokens, temperature=0.0, seed=0)
+        [text] = await self.engine.generate([self.context.encode(messages)], params)
         if self.settings.rationale_cache_size:
-            self._rationales[key] = future.result()
+            self._rationales[key] = text.strip()
             while len(self._rationales) > self.settings.rationale_cache_size:
                 self._rationales.popitem(last=False)
-        return future.result()
+        return text.strip()
