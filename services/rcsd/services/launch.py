@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -49,7 +51,7 @@ class ServiceProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{service}-{self.port}.log"
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**vllm_cpu_env(), **os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 180) -> ServiceProcess:
