@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from rcsd.client import AsyncRubricClient, RubricBounds, RubricRequest
+from rcsd.models.default import prepare_default_model
 from rcsd.services.demo.questions import load_questions
 from rcsd.services.launch import ServiceProcess
-from rcsd.services.models.default import prepare_default_model
 
 
 def requests_for(count: int, first_seed: int, max_tokens: int, bounds: RubricBounds) -> list[RubricRequest]:

@@ -33,11 +33,11 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from rcsd.client import AsyncTeacherClient, TeacherRequest
+from rcsd.models.default import prepare_default_model
 from rcsd.services.engines.base import EngineConfig
 from rcsd.services.engines.loader import load_engine
 from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
 from rcsd.services.launch import ServiceProcess, free_port, wait_until_ok
-from rcsd.services.models.default import prepare_default_model
 
 GROUP, COMPLETION_TOKENS, CONTEXT_TOKENS, TOP_K = 8, 256, 1024, 20
 FILLER = (

@@ -136,7 +136,7 @@ def test_the_same_tokenizer_is_compatible(replicas, tokenizer, groups):
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(replicas, tiny_model_dir, tokenizer, tmp_path):
-    from rcsd.services.models.tiny import build_tiny_model
+    from rcsd.models.tiny import build_tiny_model
 
     other_dir = build_tiny_model(tmp_path / "other", seed=1)
     state = json.loads((other_dir / "tokenizer.json").read_text())

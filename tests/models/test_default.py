@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rcsd.services.models import default
-from rcsd.services.models.default import DEFAULT_MODEL_NAME, REQUIRED_FILES, prepare_default_model
+from rcsd.models import default
+from rcsd.models.default import DEFAULT_MODEL_NAME, REQUIRED_FILES, prepare_default_model
 
 needs_conversion = pytest.mark.skipif(
     os.environ.get("RCSD_TEST_DEFAULT_MODEL") != "1",

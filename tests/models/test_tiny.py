@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rcsd.services.models.tiny import IM_END, IM_START, build_tiny_model
+from rcsd.models.tiny import IM_END, IM_START, build_tiny_model
 
 SCIENCE = (
     "Photosynthesis turns sunlight, water and 6 CO2 into sugar; the Sun is 150 million km away (ß-decay!)."

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "prepare-model":
-        from rcsd.services.models.default import prepare_default_model
+        from rcsd.models.default import prepare_default_model
 
         print(prepare_default_model(args.cache_dir))
         return 0

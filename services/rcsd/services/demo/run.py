@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     steps: dict[str, float] = {}
 
     if args.model is None:
-        from rcsd.services.models.default import prepare_default_model
+        from rcsd.models.default import prepare_default_model
 
         console.print("Preparing SmolLM2-135M-Instruct (converted once from the bundled GGUF, then reused)")
         model_dir, steps["prepare model"] = _timed(lambda: prepare_default_model(args.cache_dir))

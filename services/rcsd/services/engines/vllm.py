@@ -64,6 +64,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from rcsd.client.protocol import ModelInfo
+from rcsd.models.default import default_cache_dir
 from rcsd.services.engines.base import (
     Engine,
     EngineConfig,
@@ -74,7 +75,6 @@ from rcsd.services.engines.base import (
 )
 from rcsd.services.engines.identity import model_revision, tokenizer_hash
 from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
-from rcsd.services.models.default import default_cache_dir
 
 GiB = 2**30
 DEFAULT_BLOCK_SIZE = 16  # when the front end does not know the attention backend's block size
