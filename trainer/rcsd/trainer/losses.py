@@ -1,0 +1,193 @@
+"""Distillation and RL losses: pure functions over tensors, each returning `(loss, metrics)`.
+
+Shapes are in the names: B completions, T completion positions, V the student's vocabulary, K the
+teacher's top-K ids per position. `mask_B_T` is True on real completion tokens; every loss is averaged
+over those tokens (a batch with none gives a zero that still has a graph, so no NaN reaches the step).
+
+- `topk_fkl` (the released RCSD loss) and `topk_jsd` compare the student with the teacher on the
+  teacher's top-K ids at each position, both renormalised over those K ids at temperature `tau`.
+  Renormalising makes the teacher's normaliser cancel, so the service's top-K log-probs at
+  temperature 1 give the loss at any `tau`.
+- `sampled_rkl`: on-policy distillation's sampled-token reverse KL, as a policy gradient.
+- `grpo_loss` + `group_advantages`: the GRPO baseline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Metrics = dict[str, float]
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32 at least (bfloat16 logits are upcast; float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _masked_mean(values_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> torch.Tensor:
+    """Mean over the True positions; a graph-connected 0 when there are none."""
+    return torch.where(mask_B_T, values_B_T, 0.0).sum() / mask_B_T.sum().clamp(min=1)
+
+
+def _topk_log_distributions(
+    student_logits_B_T_V: torch.Tensor,
+    teacher_topk_ids_B_T_K: torch.Tensor,
+    teacher_topk_logprobs_B_T_K: torch.Tensor,
+    tau: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher and student log-distributions at `tau`, renormalised over the teacher's valid top-K ids.
+
+    A top-K entry is invalid (padding) when its log-prob is -inf or its id lies outside the student's
+    vocabulary slice (K larger than what the teacher could return). Invalid entries get a very negative
+    finite logit, so they carry no probability and a row with no valid entry stays finite.
+    Returns `(teacher_logp_B_T_K, student_logq_B_T_K, valid_B_T_K)`, in float32 at least.
+    """
+    vocab = student_logits_B_T_V.shape[-1]
+    ids_B_T_K = teacher_topk_ids_B_T_K.long()
+    valid_B_T_K = (ids_B_T_K >= 0) & (ids_B_T_K < vocab) & torch.isfinite(teacher_topk_logprobs_B_T_K)
+    safe_ids_B_T_K = torch.where(valid_B_T_K, ids_B_T_K, 0)
+    # gather before upcasting: never a float32 copy of the whole [B, T, V]
+    student_B_T_K = _wide(student_logits_B_T_V.gather(-1, safe_ids_B_T_K)) / tau
+    teacher_B_T_K = torch.where(valid_B_T_K, _wide(teacher_topk_logprobs_B_T_K), 0.0) / tau
+    floor = torch.finfo(student_B_T_K.dtype).min / 4  # finite, so 0 * (floor - floor) stays 0
+    teacher_logp_B_T_K = teacher_B_T_K.masked_fill(~valid_B_T_K, floor).log_softmax(-1)
+    student_logq_B_T_K = student_B_T_K.masked_fill(~valid_B_T_K, floor).log_softmax(-1)
+    return teacher_logp_B_T_K, student_logq_B_T_K, valid_B_T_K
+
+
+def _kl_terms(logp_B_T_K: torch.Tensor, logq_B_T_K: torch.Tensor, valid_B_T_K: torch.Tensor) -> torch.Tensor:
+    """Per-id terms p_k (log p_k - log q_k) of KL(p || q); 0 on invalid ids."""
+    return torch.where(valid_B_T_K, logp_B_T_K.exp() * (logp_B_T_K - logq_B_T_K), 0.0)
+
+
+def _reduce_terms(
+    terms_B_T_K: torch.Tensor, valid_B_T_K: torch.Tensor, mask_B_T: torch.Tensor, clip: float | None
+) -> tuple[torch.Tensor, Metrics]:
+    """Clip each id's term at `clip` (a clipped term passes no gradient), sum over ids, mean over tokens."""
+    valid_B_T_K = valid_B_T_K & mask_B_T.unsqueeze(-1)
+    clipped_B_T_K = terms_B_T_K if clip is None else terms_B_T_K.clamp(max=clip)
+    loss = _masked_mean(clipped_B_T_K.sum(-1), mask_B_T)
+    n_terms = valid_B_T_K.sum().clamp(min=1)
+    was_clipped = (terms_B_T_K > clip) & valid_B_T_K if clip is not None else torch.zeros_like(valid_B_T_K)
+    metrics = {
+        "loss": loss.item(),
+        "divergence_unclipped": _masked_mean(terms_B_T_K.detach().sum(-1), mask_B_T).item(),
+        "clip_fraction": (was_clipped.sum() / n_terms).item(),
+        "tokens": float(mask_B_T.sum().item()),
+    }
+    return loss, metrics
+
+
+def topk_fkl(
+    student_logits_B_T_V: torch.Tensor,
+    teacher_topk_ids_B_T_K: torch.Tensor,
+    teacher_topk_logprobs_B_T_K: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    *,
+    tau: float = 1.2,
+    clip: float | None = 0.05,
+) -> tuple[torch.Tensor, Metrics]:
+    """The released RCSD loss: forward KL(teacher || student) on the teacher's top-K ids, per-id clipped.
+
+    `student_logits_B_T_V[b, t]` are the logits that predict completion token t (already shifted).
+    """
+    logp, logq, valid = _topk_log_distributions(
+        student_logits_B_T_V, teacher_topk_ids_B_T_K, teacher_topk_logprobs_B_T_K, tau
+    )
+    return _reduce_terms(_kl_terms(logp, logq, valid), valid, mask_B_T, clip)
+
+
+def topk_jsd(
+    student_logits_B_T_V: torch.Tensor,
+    teacher_topk_ids_B_T_K: torch.Tensor,
+    teacher_topk_logprobs_B_T_K: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    *,
+    beta: float = 0.5,
+    tau: float = 1.2,
+    clip: float | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """Generalised JSD on the teacher's top-K ids: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q.
+
+    The JSD itself vanishes at both ends (JSD_beta / beta -> KL(p || q) as beta -> 0), so as in GKD the
+    ends are defined as the KLs they approach: beta=0 is forward KL(teacher || student), beta=1 reverse
+    KL(student || teacher).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], not {beta}")
+    logp, logq, valid = _topk_log_distributions(
+        student_logits_B_T_V, teacher_topk_ids_B_T_K, teacher_topk_logprobs_B_T_K, tau
+    )
+    if beta == 0.0:
+        terms = _kl_terms(logp, logq, valid)
+    elif beta == 1.0:
+        terms = _kl_terms(logq, logp, valid)
+    else:
+        log_m = torch.logaddexp(logp + math.log(beta), logq + math.log1p(-beta))
+        terms = beta * _kl_terms(logp, log_m, valid) + (1 - beta) * _kl_terms(logq, log_m, valid)
+    return _reduce_terms(terms, valid, mask_B_T, clip)
+
+
+def sampled_rkl(
+    student_logprobs_B_T: torch.Tensor,
+    teacher_logprobs_B_T: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    *,
+    advantage_clip: float | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """On-policy distillation: a policy gradient with per-token advantage log p_teacher - log p_student.
+
+    The advantage is detached, so the gradient is -advantage * grad log p_student (the sampled-token
+    estimate of the reverse KL's gradient), optionally clipped to [-advantage_clip, advantage_clip].
+    """
+    advantage_B_T = (_wide(teacher_logprobs_B_T) - _wide(student_logprobs_B_T)).detach()
+    reverse_kl = _masked_mean(-advantage_B_T, mask_B_T)
+    if advantage_clip is not None:
+        advantage_B_T = advantage_B_T.clamp(-advantage_clip, advantage_clip)
+    loss = _masked_mean(-(advantage_B_T * _wide(student_logprobs_B_T)), mask_B_T)
+    metrics = {
+        "loss": loss.item(),
+        "reverse_kl_sampled": reverse_kl.item(),
+        "advantage": _masked_mean(advantage_B_T, mask_B_T).item(),
+        "tokens": float(mask_B_T.sum().item()),
+    }
+    return loss, metrics
+
+
+def grpo_loss(
+    logprobs_B_T: torch.Tensor,
+    old_logprobs_B_T: torch.Tensor,
+    advantages_B: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, Metrics]:
+    """GRPO's clipped surrogate, -min(r A, clip(r, 1 - eps, 1 + eps) A), averaged over valid tokens.
+
+    Averaging over tokens rather than per sequence first matches the distillation losses (and DAPO),
+    so every method's loss weighs each completion token the same. No KL penalty to a reference model.
+    """
+    ratio_B_T = (_wide(logprobs_B_T) - _wide(old_logprobs_B_T).detach()).exp()
+    advantage_B_1 = _wide(advantages_B).detach().unsqueeze(-1)
+    unclipped_B_T = ratio_B_T * advantage_B_1
+    clipped_B_T = ratio_B_T.clamp(1 - clip_eps, 1 + clip_eps) * advantage_B_1
+    loss = _masked_mean(-torch.minimum(unclipped_B_T, clipped_B_T), mask_B_T)
+    was_clipped_B_T = (clipped_B_T < unclipped_B_T) & mask_B_T
+    metrics = {
+        "loss": loss.item(),
+        "ratio": _masked_mean(ratio_B_T.detach(), mask_B_T).item(),
+        "clip_fraction": (was_clipped_B_T.sum() / mask_B_T.sum().clamp(min=1)).item(),
+        "tokens": float(mask_B_T.sum().item()),
+    }
+    return loss, metrics
+
+
+def group_advantages(rewards_G: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantages of one group: rewards centred on the group mean and divided by its std (+ eps).
+
+    The population std (no Bessel correction) keeps a group of one at advantage 0 rather than NaN.
+    """
+    rewards_G = _wide(rewards_G)
+    return (rewards_G - rewards_G.mean()) / (rewards_G.std(correction=0) + eps)
