@@ -140,6 +140,26 @@ async def test_rescoring_a_cached_group(engine: VllmEngine, reference: torch.nn.
         np.testing.assert_allclose(a.logprobs_T, b.logprobs_T, atol=ATOL)
 
 
+async def test_output_without_metrics_is_scored_again(
+    engine: VllmEngine, reference: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No metrics means no word on preemption: a completion that read the cache is rescored without it."""
+    real_final, scored_kinds = engine._final, []
+
+    async def without_metrics(prompt_ids, params, kind):
+        out = await real_final(prompt_ids, params, kind)
+        scored_kinds.append((kind, params.skip_reading_prefix_cache))
+        out.metrics = None
+        return out
+
+    monkeypatch.setattr(engine, "_final", without_metrics)
+    rng = np.random.default_rng(4)
+    context = _random_ids(rng, engine.info.vocab_size, 256)
+    completions = [_random_ids(rng, engine.info.vocab_size, 20) for _ in range(3)]
+    await _score_and_check(engine, reference, context, completions, top_k=2)
+    assert scored_kinds.count(("score", False)) == 3 and scored_kinds.count(("score", True)) == 3
+
+
 async def test_concurrent_groups_and_edge_lengths(engine: VllmEngine, reference: torch.nn.Module) -> None:
     rng = np.random.default_rng(3)
     vocab = engine.info.vocab_size
@@ -228,11 +248,14 @@ def test_adapter_is_merged_once(
 
     lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft.get_peft_model(load_base(), lora).save_pretrained(tmp_path / "adapter")
+    peft.get_peft_model(load_base(), lora).save_pretrained(tmp_path / "other")  # same shapes, new values
     monkeypatch.setenv("RCSD_CACHE_DIR", str(tmp_path / "cache"))
     config = EngineConfig(model=str(tiny_model_dir), adapter=str(tmp_path / "adapter"))
 
     folder = Path(merged_adapter_folder(config))
     assert merged_adapter_folder(config) == str(folder)  # cached: written once
+    other = EngineConfig(model=str(tiny_model_dir), adapter=str(tmp_path / "other"))
+    assert merged_adapter_folder(other) != str(folder)  # not the stale merge of the first adapter
     merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     unmerged = peft.PeftModel.from_pretrained(load_base(), tmp_path / "adapter").eval()
     ids = torch.tensor([list(range(3, 60))])

@@ -159,7 +159,7 @@ class VllmEngine(Engine):
         first_row = length - 1  # row r holds the distribution of token r+1
         if read_cache:
             cached = out.num_cached_tokens or 0
-            preempted = out.metrics is not None and out.metrics.num_preemptions > 0
+            preempted = _maybe_preempted(out)
             if cached == length and first_rows is not None and not preempted:
                 first_row = length
             elif cached > length - 1 or preempted:  # rows we need were never computed
@@ -298,6 +298,8 @@ def merged_adapter_folder(config: EngineConfig) -> str:
     from transformers import AutoModelForCausalLM
 
     cache = default_cache_dir()
+    # The revision holds the adapter's content hash: another adapter, or new weights at the same path,
+    # is another folder.
     revision = model_revision(config.model, config.revision, config.adapter)
     target = cache / "merged" / f"{config.model.rstrip('/').split('/')[-1]}+{revision.replace(':', '-')}"
     if (target / "config.json").is_file():
@@ -339,6 +341,11 @@ def _may_read_cache(length: int, completions: list[list[int]], block_size: int) 
     reach = (length // block_size + 1) * block_size - length  # completion tokens to the boundary
     prefixes = Counter(tuple(c[:reach]) for c in completions if len(c) >= reach)
     return [not (len(c) > reach and prefixes[tuple(c[:reach])] > 1) for c in completions]
+
+
+def _maybe_preempted(out: RequestOutput) -> bool:
+    """True unless the metrics say no preemption: without them, a read of the cache is not trusted."""
+    return out.metrics is None or out.metrics.num_preemptions > 0
 
 
 def _score_params(top_k: int, read_cache: bool) -> SamplingParams:
