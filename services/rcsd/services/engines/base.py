@@ -51,6 +51,8 @@ class EngineConfig:
     kv_cache_gb: float = 2.0  # vllm on CPU: the KV cache (a VLLM_CPU_KVCACHE_SPACE env var wins)
     gpu_memory_utilization: float = 0.85  # vllm on GPU
     max_num_seqs: int = 64  # vllm: sequences scheduled together
+    tensor_parallel_size: int = 1  # vllm: GPUs each layer is split over
+    pipeline_parallel_size: int = 1  # vllm: stages of consecutive layers (GPUs = tensor x pipeline)
     seed: int = 0
 
 

@@ -273,6 +273,8 @@ def engine_args(config: EngineConfig, on_cpu: bool, served: str) -> AsyncEngineA
         logprobs_mode="raw_logprobs",  # `score` and the primers rely on raw log-probs
         enable_prefix_caching=True,
         max_num_seqs=config.max_num_seqs,
+        tensor_parallel_size=config.tensor_parallel_size,
+        pipeline_parallel_size=config.pipeline_parallel_size,
         enforce_eager=on_cpu,
         # vLLM 0.32 on CPU: a seeded request whose prompt is split across steps kills the engine
         # core ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync rewinds

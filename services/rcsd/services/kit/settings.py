@@ -28,6 +28,9 @@ class ServiceSettings(BaseSettings):
     kv_cache_gb: float = Field(default=2.0, gt=0, description="vllm on CPU: KV cache size")
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     max_num_seqs: int = Field(default=64, ge=1)
+    # vllm: a model larger than one GPU is split over tensor x pipeline GPUs (deploy/README.md)
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vllm: GPUs each layer is split over")
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="vllm: consecutive layer groups")
     seed: int = 0
     # operations
     api_key: SecretStr | None = Field(default=None, description="require `Authorization: Bearer <key>`")
@@ -48,5 +51,7 @@ class ServiceSettings(BaseSettings):
             kv_cache_gb=self.kv_cache_gb,
             gpu_memory_utilization=self.gpu_memory_utilization,
             max_num_seqs=self.max_num_seqs,
+            tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
             seed=self.seed,
         )
