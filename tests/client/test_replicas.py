@@ -56,6 +56,20 @@ def test_pool_sets_failed_replicas_aside_then_probes_them():
     assert pool.acquire() == (b, False) and pool.acquire() == (a, False)
 
 
+def test_pool_sets_a_replica_aside_after_a_run_of_500s_not_one():
+    pool = ReplicaPool(["http://a", "http://b"], cooldown=1.0, clock=Clock())
+    a, b = pool.replicas
+    pool.errored(a)
+    pool.errored(a)
+    assert a.unavailable_until == 0.0 and not a.needs_probe  # two 500s: still in rotation
+    pool.succeeded(a)  # a success ends the run
+    pool.errored(a)
+    pool.errored(a)
+    assert a.unavailable_until == 0.0
+    pool.errored(a)  # the third in a row
+    assert a.needs_probe and all(pool.acquire()[0] is b for _ in range(3))
+
+
 def test_pool_with_every_replica_aside_uses_the_one_back_soonest():
     clock = Clock()
     pool = ReplicaPool(["http://a", "http://b"], cooldown=1.0, clock=clock)

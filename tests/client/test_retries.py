@@ -136,10 +136,20 @@ def test_connection_refused_retries_until_the_deadline():
     assert caught.value.attempts >= 2 and "ConnectError" in str(caught.value)
 
 
-async def test_slow_responses_time_out_and_the_deadline_caps_them(start_replica):
+async def test_a_slow_post_is_not_sent_again_by_default(start_replica):
+    """A read timeout means the server has the request and may still be computing it."""
     replica = start_replica(delay_s=2.0)
     async with AsyncTeacherClient(replica.url, timeout=0.3, deadline=1.5) as client:
         await client.info()  # not delayed: only work requests are slow
+        with pytest.raises(APITimeoutError) as caught:
+            await client.score(REQUEST)
+    assert caught.value.attempts == 1 and "ReadTimeout" in str(caught.value)
+    assert [path for path, _ in replica.state.seen].count("/teacher_logprobs") == 1
+
+
+async def test_opted_in_read_timeout_retries_stop_at_the_deadline(start_replica):
+    replica = start_replica(delay_s=2.0)
+    async with AsyncTeacherClient(replica.url, timeout=0.3, deadline=1.5, retry_read_timeouts=True) as client:
         started = time.monotonic()
         with pytest.raises(APITimeoutError) as caught:
             await client.score(REQUEST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,41 @@ def test_constrained_generation_parses(engine):
     for text in texts:
         value = json.loads(text)
         assert set(value) == {"n", "ok"} and isinstance(value["ok"], bool)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_logits_are_computed_only_for_the_rows_scored(engine, share_prefix):
+    """The lm_head never sees context rows before the last: an 8k context must not cost 8k vocab rows."""
+    vocab = engine.info.vocab_size
+    [context] = _random(vocab, [300], seed=5)
+    completions = _random(vocab, [7, 3], seed=6)
+    rows_seen: list[int] = []
+    hook = engine.model.get_output_embeddings().register_forward_hook(
+        lambda _module, _inputs, output: rows_seen.append(output.shape[0] * output.shape[1])
+    )
+    try:
+        engine.score_sync(context, completions, 0, 1.0, share_prefix=share_prefix)
+    finally:
+        hook.remove()
+    # shared: the last context row, then batch x (longest - 1) fed tokens; plain: T + 1 rows each
+    expected = 1 + 2 * 6 if share_prefix else (7 + 1) + (3 + 1)
+    assert sum(rows_seen) == expected, rows_seen
+
+
+def test_cancelled_scoring_stops_between_windows(engine, monkeypatch):
+    monkeypatch.setattr(hf, "LOGITS_BUDGET_BYTES", 4 * 1000 * 2)  # one position per window
+    cancel = threading.Event()
+    windows: list[int] = []
+
+    def count_forward(*_: object) -> None:
+        windows.append(1)
+        if len(windows) == 3:
+            cancel.set()
+
+    hook = engine.model.register_forward_hook(count_forward)
+    try:
+        with pytest.raises(hf.ScoringCancelled):
+            engine.score_sync([1, 2, 3], [[4] * 50], 0, 1.0, cancel=cancel)
+    finally:
+        hook.remove()
+    assert len(windows) == 3  # context pass + 2 windows, then it stopped

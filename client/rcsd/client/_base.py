@@ -29,6 +29,7 @@ from rcsd.client._constants import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_REPLICA_COOLDOWN,
+    DEFAULT_RETRY_READ_TIMEOUTS,
     DEFAULT_TIMEOUT,
     INITIAL_RETRY_DELAY,
     MAX_RETRY_AFTER,
@@ -54,6 +55,7 @@ SyncClientT = TypeVar("SyncClientT", bound="SyncAPIClient")
 AsyncClientT = TypeVar("AsyncClientT", bound="AsyncAPIClient")
 Timeout = float | httpx.Timeout
 _SLOW_NOT_DEAD = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
+_IDEMPOTENT = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,14 @@ class BaseClient:
         binary: bool = True,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         replica_cooldown: float = DEFAULT_REPLICA_COOLDOWN,
+        retry_read_timeouts: bool = DEFAULT_RETRY_READ_TIMEOUTS,
         http_client: httpx.Client | httpx.AsyncClient | None = None,
     ) -> None:
         """`base_url`: one replica or several. `timeout`: one attempt; `deadline`: the whole call,
         retries and parts included. `binary`: msgpack answers (JSON otherwise). `max_concurrency`:
-        parts of a split call in flight at once. `api_key` defaults to $RCSD_API_KEY."""
+        parts of a split call in flight at once. `api_key` defaults to $RCSD_API_KEY.
+        `retry_read_timeouts`: resend a POST whose answer did not come within `timeout` (off: the
+        server may still be computing it; GETs are always retried)."""
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self._pool = ReplicaPool(urls, cooldown=replica_cooldown)
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
@@ -107,6 +112,7 @@ class BaseClient:
         self.deadline = deadline
         self.binary = binary
         self.max_concurrency = max(1, max_concurrency)
+        self.retry_read_timeouts = retry_read_timeouts
         self._http = http_client or self._default_http()
 
     def _default_http(self) -> httpx.Client | httpx.AsyncClient:
@@ -186,6 +192,9 @@ class BaseClient:
             exc = cls(f"{type(error).__name__} on {url}: {error}", request=error.request)
             if not isinstance(error, _SLOW_NOT_DEAD):
                 self._pool.failed(replica)
+            elif isinstance(error, httpx.ReadTimeout) and not self._may_resend(call):
+                exc._gave_up(call.count, time.monotonic() - call.options.started_at)
+                raise exc
         else:
             assert response is not None
             exc = make_status_error(response)
@@ -195,7 +204,9 @@ class BaseClient:
             retry_after = _retry_after(response.headers)
             if status == 429:
                 self._pool.busy(replica, retry_after)
-            elif status >= 500:
+            elif status == 500:
+                self._pool.errored(replica)
+            elif status > 500:
                 self._pool.failed(replica, retry_after)
 
         delay = self._retry_delay(call, replica, retry_after)
@@ -204,6 +215,10 @@ class BaseClient:
             exc._gave_up(call.count, now - call.options.started_at)
             raise exc
         return delay
+
+    def _may_resend(self, call: _Attempts) -> bool:
+        """After a read timeout: the request reached the server, which may still be working on it."""
+        return call.method in _IDEMPOTENT or self.retry_read_timeouts
 
     def _retry_delay(self, call: _Attempts, replica: Replica, retry_after: float | None) -> float:
         if call.pinned is None and self._pool.has_other_ready(replica):

@@ -18,6 +18,13 @@ MAX_RETRY_DELAY = 10.0
 # A server's Retry-After is honoured up to this many seconds; longer values fall back to the backoff.
 MAX_RETRY_AFTER = 60.0
 
+# A read timeout means the request was sent and the server may still be computing it: resending a
+# heavy POST elsewhere doubles the work (and again on every timeout), so by default it is not retried.
+DEFAULT_RETRY_READ_TIMEOUTS = False
+
+# A 500 is one request's bug, not a dead replica: a replica is set aside only after this many in a row.
+SERVER_ERRORS_BEFORE_SET_ASIDE = 3
+
 # A replica that failed is set aside for REPLICA_COOLDOWN * 2**(failures - 1) seconds, capped.
 DEFAULT_REPLICA_COOLDOWN = 5.0
 MAX_REPLICA_COOLDOWN = 60.0

@@ -1,9 +1,10 @@
 """Replica selection: fewest requests in flight, ties round-robin, failed replicas set aside.
 
 Pure bookkeeping under a lock (no I/O), shared by the sync client's threads and the
-async client's tasks. A replica that fails to connect or answers 5xx is set aside for a
-cool-down that doubles with each consecutive failure; once it is over, the next caller
-that picks it is told to probe it (`GET /ready`) before sending real work.
+async client's tasks. A replica that fails to connect, answers 502-504, or answers 500
+several times in a row is set aside for a cool-down that doubles with each consecutive
+failure; once it is over, the next caller that picks it is told to probe it (`GET /ready`)
+before sending real work.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rcsd.client._constants import MAX_REPLICA_COOLDOWN
+from rcsd.client._constants import MAX_REPLICA_COOLDOWN, SERVER_ERRORS_BEFORE_SET_ASIDE
 
 
 @dataclass(eq=False)
@@ -22,6 +23,7 @@ class Replica:
     index: int
     in_flight: int = 0
     failures: int = 0  # consecutive
+    server_errors: int = 0  # consecutive 500 answers
     unavailable_until: float = 0.0  # monotonic seconds
     needs_probe: bool = False
     probing: bool = False
@@ -86,13 +88,22 @@ class ReplicaPool:
     def succeeded(self, replica: Replica) -> None:
         with self._lock:
             replica.failures = 0
+            replica.server_errors = 0
             replica.needs_probe = False
             replica.unavailable_until = 0.0
 
     def failed(self, replica: Replica, retry_after: float | None = None) -> None:
-        """Connection failure or 5xx: set the replica aside; it is probed before it is used again."""
+        """Connection failure or 502-504: set the replica aside; it is probed before it is used again."""
         with self._lock:
             self._set_aside(replica, retry_after)
+
+    def errored(self, replica: Replica) -> None:
+        """500: a bug hit by one request; only a run of them sets the replica aside."""
+        with self._lock:
+            replica.server_errors += 1
+            if replica.server_errors >= SERVER_ERRORS_BEFORE_SET_ASIDE:
+                replica.server_errors = 0
+                self._set_aside(replica, None)
 
     def busy(self, replica: Replica, retry_after: float | None) -> None:
         """429: alive but full; skip it for Retry-After seconds, no probe needed."""

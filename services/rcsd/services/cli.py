@@ -21,8 +21,11 @@ from pydantic_settings import CliApp
 
 from rcsd.services.kit.settings import ServiceSettings
 
+EXIT_LOAD_FAILED = 3  # `rcsd serve`: the engine did not load (the log says why)
 
-def serve(settings: ServiceSettings, service: str) -> None:
+
+def serve(settings: ServiceSettings, service: str) -> int:
+    """Runs until stopped; returns the exit code (EXIT_LOAD_FAILED when the engine did not load)."""
     import uvicorn
 
     from rcsd.services.kit.logs import configure_logging
@@ -41,7 +44,11 @@ def serve(settings: ServiceSettings, service: str) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    state = app.state.rcsd
+    state.stop_serving = lambda: setattr(server, "should_exit", True)
+    server.run()
+    return EXIT_LOAD_FAILED if state.load_error is not None else 0
 
 
 def _settings_class(service: str) -> type[ServiceSettings]:
@@ -94,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         settings_class = _settings_class(args.service)
         settings = CliApp.run(settings_class, cli_args=rest)
-        serve(settings, args.service)
-        return 0
+        return serve(settings, args.service)
     if args.command == "demo":
         from rcsd.services.demo.run import main as demo_main
 

@@ -178,3 +178,34 @@ def test_vllm_backend_rubric_fits_schema(tiny_model_dir, tmp_path):
         assert httpx.get(f"{server.url}/v1/info").json()["backend"] == "vllm"
     finally:
         server.stop()
+
+
+async def test_a_lock_held_too_long_elsewhere_is_503_with_retry_after(tiny_model_dir, tmp_path):
+    """Another replica still generating the same rubric is a wait-and-retry, not our bug (500)."""
+    from rcsd.client.protocol import RubricRequest
+    from rcsd.services.rubric.store import open_store, request_key
+
+    store_url = f"sqlite:///{tmp_path / 'rubrics.db'}"
+    server = rubric_server(tiny_model_dir, store_url, tmp_path)
+    server.args += ["--lock-timeout-s", "0.3", "--retry-after-s", "3"]
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            info = (await client.get("/v1/info")).json()
+            body = ask("Who holds the lock?")
+            key = request_key(
+                RubricRequest.model_validate(body),
+                model=info["model"]["name"],
+                model_revision=info["model"]["revision"],
+                template_version=info["template_version"],
+            )
+            store = await open_store(store_url)
+            try:
+                async with store.generation_lock(key):  # "another replica" is generating it
+                    r = await client.post("/rubrics", json=body, headers={"x-request-id": "locked"})
+            finally:
+                await store.aclose()
+        assert r.status_code == 503 and r.headers["retry-after"] == "3", r.text
+        assert r.json()["error"]["type"] == "unavailable" and r.headers["x-request-id"] == "locked"
+    finally:
+        server.stop()

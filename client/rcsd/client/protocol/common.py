@@ -58,4 +58,5 @@ class ServiceInfo(WireModel):
 
 
 class Health(WireModel):
-    status: Literal["ok", "loading", "unavailable"]  # unavailable: the engine died
+    # unavailable: the engine died; failed: the engine never loaded (the process exits)
+    status: Literal["ok", "loading", "unavailable", "failed"]

@@ -2,21 +2,16 @@
 
 `rcsd.services.launch.ServiceProcess` runs `python -m rcsd.services.cli serve <service> ...` on a free
 loopback port with its log in a file (the vLLM-CPU env settings included) and stops it with SIGTERM.
-The demo adds: an engine that fails to load is reported at once (its `/ready` would say 503 until the
-timeout), and how each service ended, in words.
+The demo adds: where to look when a service does not come up (an engine that fails to load makes
+`rcsd serve` exit non-zero at once), and how each service ended, in words.
 """
 
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
-import httpx
-
-from rcsd.services.launch import ServiceProcess
-
-READY_POLL_S = 0.25
+from rcsd.services.launch import ServiceProcess, wait_until_ok
 
 
 class DemoService(ServiceProcess):
@@ -25,24 +20,10 @@ class DemoService(ServiceProcess):
         self.backend = backend
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Until `/ready` answers 200; raises with the log's tail if it exits, fails to load or hangs."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the {self.service} service exited ({self.proc.returncode}); {self._log_hint()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-                # /ready says 503 both while loading and after a failed load; /v1/info tells them apart
-                if "failed to load" in httpx.get(f"{self.url}/v1/info", timeout=2).text:
-                    raise RuntimeError(f"the {self.service} engine failed to load; {self._log_hint()}")
-            except httpx.HTTPError:
-                pass
-            time.sleep(READY_POLL_S)
-        raise TimeoutError(
-            f"the {self.service} service was not ready after {timeout_s:.0f} s; {self._log_hint()}"
+        """Until `/ready` answers 200; a failed engine load exits the process, reported at once."""
+        assert self.proc is not None
+        wait_until_ok(
+            f"{self.url}/ready", self.proc, timeout_s, lambda: f"{self.service}; {self._log_hint()}"
         )
 
     def _log_hint(self) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import copy
 import json
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,10 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 def _log_softmax(logits_N_V: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.log_softmax(logits_N_V.float() / temperature, dim=-1)
+
+
+class ScoringCancelled(Exception):
+    """Raised on the worker thread when a scoring call's cancel flag is set."""
 
 
 class _SeededGumbelSampler(LogitsProcessor):
@@ -112,7 +117,18 @@ class HfEngine(Engine):
     async def score(
         self, context_ids: list[int], completions: list[list[int]], top_k: int, temperature: float
     ) -> list[ScoredTokens]:
-        return await self._run(self.score_sync, context_ids, completions, top_k, temperature, True)
+        """On cancellation (the client went away) the worker stops at its next window, and this
+        returns only once it has: the caller's slot is not freed while the worker still computes."""
+        cancel = threading.Event()
+        work = asyncio.get_running_loop().run_in_executor(
+            self._worker, self.score_sync, context_ids, completions, top_k, temperature, True, cancel
+        )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            await asyncio.gather(work, return_exceptions=True)
+            raise
 
     @torch.inference_mode()
     def score_sync(
@@ -122,18 +138,29 @@ class HfEngine(Engine):
         top_k: int,
         temperature: float,
         share_prefix: bool = True,
+        cancel: threading.Event | None = None,
     ) -> list[ScoredTokens]:
-        """Scores completions; `share_prefix=False` runs each full sequence (the plain path)."""
+        """Scores completions; `share_prefix=False` runs each full sequence (the plain path).
+
+        `cancel` is checked between forwards; once set, the work stops with `ScoringCancelled`.
+        """
+        cancel = cancel or threading.Event()
+        if cancel.is_set():  # cancelled while it waited for the worker
+            raise ScoringCancelled("the request was cancelled")
         if not share_prefix:
             return [self._score_full(context_ids, c, top_k, temperature) for c in completions]
         device = self.model.device
-        prefix = self.model(torch.tensor([context_ids], device=device), use_cache=True)
-        first_logprobs_1_V = _log_softmax(prefix.logits[0, -1:], temperature)  # predicts token 0
+        # Only the last context row is needed (it predicts token 0): logits_to_keep=1 skips the
+        # lm_head for every other row, so an 8k context costs one vocab row, not 8k of them.
+        prefix = self.model(torch.tensor([context_ids], device=device), use_cache=True, logits_to_keep=1)
+        first_logprobs_1_V = _log_softmax(prefix.logits[0, -1:], temperature)
         results: list[ScoredTokens] = []
         for start in range(0, len(completions), MAX_SCORE_BATCH):
             chunk = completions[start : start + MAX_SCORE_BATCH]
             results.extend(
-                self._score_chunk(prefix.past_key_values, first_logprobs_1_V, chunk, top_k, temperature)
+                self._score_chunk(
+                    prefix.past_key_values, first_logprobs_1_V, chunk, top_k, temperature, cancel
+                )
             )
         return results
 
@@ -144,6 +171,7 @@ class HfEngine(Engine):
         chunk: list[list[int]],
         top_k: int,
         temperature: float,
+        cancel: threading.Event,
     ) -> list[ScoredTokens]:
         """Feeds tokens 0..T-2 after the cached context, in windows that bound the logits' memory.
 
@@ -160,7 +188,9 @@ class HfEngine(Engine):
             cache.batch_repeat_interleave(batch)
             window = max(1, LOGITS_BUDGET_BYTES // (4 * vocab * batch))
             for start in range(0, longest - 1, window):
-                feed_B_W = targets_B_T[:, start : start + window]
+                if cancel.is_set():
+                    raise ScoringCancelled("the request was cancelled")
+                feed_B_W = targets_B_T[:, start : min(start + window, longest - 1)]
                 out = self.model(feed_B_W, past_key_values=cache, use_cache=True)
                 next_B_W = targets_B_T[:, start + 1 : start + 1 + feed_B_W.shape[1]]
                 scores.append(_select(_log_softmax(out.logits, temperature), next_B_W, top_k))
@@ -176,7 +206,8 @@ class HfEngine(Engine):
         self, context_ids: list[int], completion: list[int], top_k: int, temperature: float
     ) -> ScoredTokens:
         ids = torch.tensor([context_ids + completion], device=self.model.device)
-        logits_1_T_V = self.model(ids).logits[:, len(context_ids) - 1 : -1]
+        # the rows from the last context token on: T + 1 rows, the last predicts past the end
+        logits_1_T_V = self.model(ids, logits_to_keep=len(completion) + 1).logits[:, :-1]
         targets_1_T = torch.tensor([completion], device=self.model.device)
         chosen, topk_ids, topk_logprobs = _select(_log_softmax(logits_1_T_V, temperature), targets_1_T, top_k)
         return _to_scored(0, len(completion), chosen, topk_ids, topk_logprobs)

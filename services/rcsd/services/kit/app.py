@@ -21,7 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rcsd.client.protocol import Health, ServiceInfo
 from rcsd.services.kit.admission import Admission
-from rcsd.services.kit.errors import ServiceError, error_response, register_error_handlers
+from rcsd.services.kit.errors import (
+    ServiceError,
+    error_response,
+    internal_error_response,
+    register_error_handlers,
+)
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.request_context import REQUEST_ID_HEADER, set_request_id
 from rcsd.services.kit.settings import ServiceSettings
@@ -52,6 +57,15 @@ class ServiceState(Generic[ServiceT]):
         )
         self.service: ServiceT | None = None
         self.load_error: BaseException | None = None
+        # Set by the server runner (`rcsd serve`): a failed load stops the process, which then
+        # exits non-zero, so a supervisor restarts it or reports it instead of waiting forever.
+        self.stop_serving: Callable[[], None] | None = None
+
+    def status(self) -> str:
+        """What /ready (and, once the load failed, /health) says."""
+        if self.service is not None:
+            return "ok" if self.service.is_alive() else "unavailable"
+        return "loading" if self.load_error is None else "failed"
 
     def ready_service(self) -> ServiceT:
         if self.service is None:
@@ -88,9 +102,11 @@ def create_service_app(
         try:
             state.service = await load(settings, metrics)
             log.info("ready", extra={"fields": {"service": name, "backend": settings.backend}})
-        except Exception as exc:  # reported by /ready and every request, not swallowed
+        except Exception as exc:  # reported by /health, /ready and every request, then the exit
             state.load_error = exc
-            log.exception("engine failed to load")
+            log.exception("engine failed to load", extra={"fields": {"service": name}})
+            if state.stop_serving is not None:
+                state.stop_serving()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -123,7 +139,10 @@ def create_service_app(
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         set_request_id(request_id)
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # our bug: still a request with an id, a metric and a log line
+            response = internal_error_response(exc)
         elapsed = time.perf_counter() - started
         route = _route_label(request)
         metrics.requests(route=route, status=str(response.status_code)).inc()
@@ -142,16 +161,15 @@ def create_service_app(
         )
         return response
 
-    @app.get("/health", response_model=Health)
-    async def health() -> Health:
-        return Health(status="ok")
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
+    async def health() -> JSONResponse:
+        """Alive unless the engine failed to load: then a restart is the only way forward."""
+        status = "failed" if state.load_error is not None else "ok"
+        return JSONResponse(Health(status=status).model_dump(), status_code=200 if status == "ok" else 503)
 
     @app.get("/ready", response_model=Health, responses={503: {"model": Health}})
     async def ready() -> JSONResponse:
-        if state.service is None:
-            status = "loading"
-        else:
-            status = "ok" if state.service.is_alive() else "unavailable"
+        status = state.status()
         return JSONResponse(Health(status=status).model_dump(), status_code=200 if status == "ok" else 503)
 
     @app.get("/v1/info", response_model=ServiceInfo)

@@ -80,7 +80,10 @@ def register_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error", exc_info=exc)
-        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+
+def internal_error_response(exc: Exception) -> JSONResponse:
+    """A 500 for our own bug. Called inside the request-id/metrics middleware (not registered as a
+    handler: Starlette runs an `Exception` handler outside every middleware), so a 500 carries
+    X-Request-ID, is counted and is logged as a request like any other answer."""
+    log.error("internal error", exc_info=exc)
+    return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")

@@ -28,7 +28,7 @@ from rcsd.services.kit.single_flight import SingleFlight
 from rcsd.services.kit.templates import TemplateSet
 from rcsd.services.rubric.generation_format import generation_schema, to_criteria
 from rcsd.services.rubric.settings import RubricSettings
-from rcsd.services.rubric.store import RubricStore, StoredRubric, request_key
+from rcsd.services.rubric.store import GenerationLockTimeout, RubricStore, StoredRubric, request_key
 
 log = logging.getLogger("rcsd.rubric")
 RETRY_TEMPERATURE = 0.7  # retries of a greedy (temperature 0) request sample, or they would repeat
@@ -97,23 +97,34 @@ class RubricService:
         return record.response(cached=not generated)
 
     async def _generate_once(self, key: str, request: RubricRequest) -> tuple[StoredRubric, bool]:
-        async with self.store.generation_lock(key, timeout=self.settings.lock_timeout_s):
-            record = await self.store.get(key)  # another replica may have made it while we waited
-            if record is not None:
-                return record, False
-            criteria, attempts = await self._sample_valid(request)
-            info = self.engine.info
-            record = StoredRubric(
-                key=key,
-                criteria=criteria,
-                model=info.name,
-                model_revision=info.revision,
-                template_version=self.template_version,
-                question=request.question,
-                reference_answer=request.reference_answer,
-                attempts=attempts,
-            )
-            return await self.store.put(record), True
+        try:
+            async with self.store.generation_lock(key, timeout=self.settings.lock_timeout_s):
+                return await self._generate_locked(key, request)
+        except GenerationLockTimeout as exc:  # another replica is still at it: not our bug, retry later
+            raise ServiceError(
+                503,
+                f"another process has been generating this rubric for over {self.settings.lock_timeout_s} s",
+                type="unavailable",
+                retry_after_s=self.settings.retry_after_s,
+            ) from exc
+
+    async def _generate_locked(self, key: str, request: RubricRequest) -> tuple[StoredRubric, bool]:
+        record = await self.store.get(key)  # another replica may have made it while we waited
+        if record is not None:
+            return record, False
+        criteria, attempts = await self._sample_valid(request)
+        info = self.engine.info
+        record = StoredRubric(
+            key=key,
+            criteria=criteria,
+            model=info.name,
+            model_revision=info.revision,
+            template_version=self.template_version,
+            question=request.question,
+            reference_answer=request.reference_answer,
+            attempts=attempts,
+        )
+        return await self.store.put(record), True
 
     async def _sample_valid(self, request: RubricRequest) -> tuple[list[Criterion], int]:
         """Constrained decoding guarantees the JSON shape; semantic checks may still fail: resample."""
