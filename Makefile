@@ -16,6 +16,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: setup
+	@echo "machine: $$($(PY) -m rcsd.models.dtype)"
 	bash deploy/ensure_postgres.sh
 	$(MAKE) lint
 	$(VENV)/bin/pytest -q

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rcsd.client import AsyncRubricClient, RubricBounds, RubricRequest
 from rcsd.models.default import prepare_default_model
+from rcsd.models.dtype import DTYPES, choose_dtype, cpu_capability, machine_summary
 from rcsd.services.demo.questions import load_questions
 from rcsd.services.launch import ServiceProcess
 
@@ -65,7 +66,10 @@ async def main() -> None:
         "--max-criteria", type=int, default=6, help="the demo's bound: SmolLM2 repeats itself past it"
     )
     parser.add_argument("--model", type=Path, default=None, help="default: the prepared SmolLM2")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES)
     args = parser.parse_args()
+    args.dtype = choose_dtype(args.dtype, "cpu").dtype
+    print(machine_summary())
     model = args.model or prepare_default_model()
     bounds = RubricBounds(min_criteria=3, max_criteria=args.max_criteria)
 
@@ -77,6 +81,8 @@ async def main() -> None:
                 args.backend,
                 "--model",
                 str(model),
+                "--dtype",
+                args.dtype,
                 "--store-url",
                 f"sqlite:///{folder}/rubrics.db",
                 "--max-concurrency",
@@ -100,7 +106,10 @@ async def main() -> None:
 
     n = args.requests
     ratio = sequential_s / concurrent_s
-    print(f"\n{n} rubric requests, {model.name}, {args.backend} backend, max_tokens {args.max_tokens}")
+    print(
+        f"\n{n} rubric requests, {model.name} {args.dtype}, CPU {cpu_capability()}, {args.backend} backend, "
+        f"max_tokens {args.max_tokens}"
+    )
     print(f"{'mode':<16}{'seconds':>9}{'rubrics/s':>11}{'valid':>7}")
     print(f"{'one at a time':<16}{sequential_s:>9.1f}{n / sequential_s:>11.3f}{sequential_ok:>7}")
     print(f"{'concurrent':<16}{concurrent_s:>9.1f}{n / concurrent_s:>11.3f}{concurrent_ok:>7}")
@@ -110,6 +119,8 @@ async def main() -> None:
             {
                 "bench": "rubric_concurrency",
                 "backend": args.backend,
+                "dtype": args.dtype,
+                "cpu_capability": cpu_capability(),
                 "requests": n,
                 "sequential_s": sequential_s,
                 "concurrent_s": concurrent_s,

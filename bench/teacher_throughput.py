@@ -10,7 +10,10 @@ one warm-up, all in this one process run:
    `prompt_logprobs` (what a user would do without this project), both as one call with 8
    prompts and as 8 concurrent requests (target: at least 3x faster).
 
-    .venv/bin/python bench/teacher_throughput.py [--backends vllm,hf] [--dtype bfloat16]
+    .venv/bin/python bench/teacher_throughput.py [--backends vllm,hf] [--dtype auto]
+
+`--dtype auto` (the default) is resolved once by rcsd.models.dtype and the same dtype is given to
+every path, vLLM's own server included; the CPU capability and dtype are printed with the figures.
 
 Prints a table, then one line of JSON.
 """
@@ -34,6 +37,7 @@ from transformers import AutoTokenizer
 
 from rcsd.client import AsyncTeacherClient, TeacherRequest
 from rcsd.models.default import prepare_default_model
+from rcsd.models.dtype import DTYPES, choose_dtype, cpu_capability, machine_summary
 from rcsd.services.engines.base import EngineConfig
 from rcsd.services.engines.loader import load_engine
 from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
@@ -184,12 +188,14 @@ async def bench_vllm_openai(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="vllm,hf")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--model", type=Path, default=None, help="default: the prepared SmolLM2")
     parser.add_argument("--log-dir", type=Path, default=Path("runs/bench-logs"))
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
+    args.dtype = choose_dtype(args.dtype, "cpu").dtype  # one dtype for every path, baseline included
+    print(machine_summary())
     model = args.model or prepare_default_model()
     tokens = GROUP * COMPLETION_TOKENS
 
@@ -209,7 +215,7 @@ async def main() -> None:
 
     print(
         f"\nG={GROUP} x {COMPLETION_TOKENS} tokens, {CONTEXT_TOKENS}-token shared context, top_k={TOP_K}, "
-        f"{model.name} {args.dtype}, median of {args.reps}"
+        f"{model.name} {args.dtype}, CPU {cpu_capability()}, median of {args.reps}"
     )
     print(f"{'path':<44}{'seconds':>9}{'tokens/s':>10}{'ratio':>10}")
     summary: dict[str, float] = {}
@@ -240,7 +246,8 @@ async def main() -> None:
         f"{tokens / baseline['per_sequence_s']:>10.0f}"
     )
     summary |= {f"vllm_openai_{k}": v for k, v in baseline.items()}
-    print(json.dumps({"bench": "teacher_throughput", "dtype": args.dtype, **summary}))
+    machine = {"dtype": args.dtype, "cpu_capability": cpu_capability()}
+    print(json.dumps({"bench": "teacher_throughput", **machine, **summary}))
 
 
 if __name__ == "__main__":

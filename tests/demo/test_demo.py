@@ -19,6 +19,8 @@ from rcsd.services.demo.run import main
 DEMO_ARGS = [
     "--backend",
     "hf",
+    "--dtype",
+    "float32",
     "--max-new-tokens",
     "16",
     "--min-criteria",
@@ -28,6 +30,9 @@ DEMO_ARGS = [
     "--rubric-max-tokens",
     "1100",
 ]
+
+
+CROSS_RUN_TOLERANCE = 2e-3  # mean teacher log-prob of one answer, between two demo processes
 
 
 def _run(model_dir: Path, run_dir: Path, cache_dir: Path) -> tuple[dict, str]:
@@ -87,11 +92,13 @@ def test_second_run_gets_the_stored_rubrics(two_runs: tuple[dict, str, dict, str
         assert q2["rubric"]["cached"] is True and q2["rubric"]["attempts"] == 0
         assert q2["rubric"]["rubric_id"] == q1["rubric"]["rubric_id"]
         assert q2["rubric"]["criteria"] == q1["rubric"]["criteria"]
-        # the same seed samples the same answer, and the teacher scores it the same way
+        # The same seed samples the same answer, and the teacher scores it alike, not bit for bit:
+        # another process may block its GEMMs differently, and the random tiny model's large weights
+        # amplify the rounding (5e-4 seen once). Exactness is checked within each run, above.
         assert q2["answer_token_ids"] == q1["answer_token_ids"]
         for mode in CONTEXT_MODES:
             assert q2["teacher_mean_logprob"][mode] == pytest.approx(
-                q1["teacher_mean_logprob"][mode], abs=1e-5
+                q1["teacher_mean_logprob"][mode], abs=CROSS_RUN_TOLERANCE
             )
     assert "cached: true" in second_md
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 
@@ -80,22 +81,58 @@ def test_grouped_equals_single(teacher, reference_model):
         )
 
 
-def test_binary_equals_json(teacher, reference_model):
-    _, tokenizer = reference_model
-    body = group("rubric+reference", random_completions(len(tokenizer), [30, 5], seed=3), top_k=20)
-    as_json = TeacherResponse.model_validate_json(
-        httpx.post(f"{teacher.url}/teacher_logprobs", json=body, timeout=60).content
-    )
+def test_binary_answer_decodes_to_its_json_twin(teacher, reference_model):
+    """The msgpack encoding carries the same numbers as JSON, compared on ONE answer.
+
+    Two separate requests are not compared bit for bit: on vLLM the second is a prefix-cache hit
+    that computes differently (see test_repeated_requests_agree_within_tolerance).
+    """
+    model, tokenizer = reference_model
+    completions = random_completions(len(tokenizer), [30, 5], seed=3)
+    body = group("rubric+reference", completions, top_k=20, return_context_ids=True)
     r = httpx.post(
         f"{teacher.url}/teacher_logprobs", json=body, headers={"accept": MSGPACK_MEDIA_TYPE}, timeout=60
     )
-    assert r.headers["content-type"] == MSGPACK_MEDIA_TYPE
+    assert r.status_code == 200 and r.headers["content-type"] == MSGPACK_MEDIA_TYPE
     as_binary = codec.decode(r.content, TeacherResponse)
-    for a, b in zip(as_json.completions, as_binary.completions, strict=True):
-        np.testing.assert_array_equal(a.logprobs, b.logprobs)
-        np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
-        np.testing.assert_array_equal(a.topk_logprobs, b.topk_logprobs)
+    as_json = TeacherResponse.model_validate_json(as_binary.model_dump_json())  # the service's JSON path
+    raw = msgpack.unpackb(r.content, raw=False)  # an independent decode of the same bytes
+
+    def by_hand(array: dict) -> np.ndarray:
+        return np.frombuffer(array["data"], dtype=np.dtype(array["dtype"])).reshape(array["shape"])
+
+    for a, b, c in zip(as_json.completions, as_binary.completions, raw["completions"], strict=True):
+        for field in ("token_ids", "logprobs", "topk_ids", "topk_logprobs"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+            np.testing.assert_array_equal(by_hand(c[field]), getattr(b, field))
         assert b.topk_ids.shape == (len(a.token_ids), 20)
+    for completion, scores in zip(completions, as_binary.completions, strict=True):
+        rows = plain_logprobs(model, as_binary.context_ids, completion)
+        assert_matches_reference(
+            scores.model_dump(), rows, completion, top_k=20, tolerance=TOLERANCE[as_binary.backend]
+        )
+
+
+def test_repeated_requests_agree_within_tolerance(teacher, reference_model):
+    """What holds for repeats of one request: agreement within TOLERANCE, not bit identity.
+
+    vLLM on CPU computes a repeat from its prefix cache, in other kernels than the first time
+    (max abs diff 5.2e-6 measured on the tiny fp32 model, AVX2); the hf engine's GEMMs may also
+    round differently between calls. Both stay within the exactness bound of the plain forward.
+    """
+    _, tokenizer = reference_model
+    body = group("rubric", random_completions(len(tokenizer), [25, 8], seed=11), top_k=5)
+    first, second = (
+        TeacherResponse.model_validate_json(
+            httpx.post(f"{teacher.url}/teacher_logprobs", json=body, timeout=60).content
+        )
+        for _ in range(2)
+    )
+    tolerance = TOLERANCE[first.backend]
+    for a, b in zip(first.completions, second.completions, strict=True):
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=tolerance, rtol=0)
+        np.testing.assert_allclose(a.topk_logprobs, b.topk_logprobs, atol=tolerance, rtol=0)
 
 
 def test_batch_keeps_order_and_matches_single(teacher, reference_model):

@@ -46,6 +46,7 @@ from rcsd.client import (
     TeacherRequest,
 )
 from rcsd.client.protocol import CONTEXT_MODES
+from rcsd.models.dtype import DTYPES
 from rcsd.services.demo.processes import DemoService
 from rcsd.services.demo.questions import DemoQuestion, load_questions
 from rcsd.services.demo.student import Student
@@ -78,6 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "without it, the model in ~/.cache/rcsd/models and the store in ~/.cache/rcsd)",
     )
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo-<timestamp>")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="all models (auto: bfloat16 where the CPU has it natively, else float32)",
+    )
     parser.add_argument("--questions", type=int, default=None, help="use the first N shipped questions")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="length of a sampled answer")
     parser.add_argument("--temperature", type=float, default=0.7, help="student sampling temperature")
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [QuestionResult(q.id, q.source, q.subject, q.question, q.reference_answer) for q in questions]
     console.print(f"Backend {backend}, model {model_dir}, run folder {run_dir}", markup=False)
 
-    teacher, rubric = _services(backend, model_dir, store, run_dir)
+    teacher, rubric = _services(backend, model_dir, args.dtype, store, run_dir)
     failures = 0
     try:
         with _progress(console) as progress:
@@ -186,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def _services(backend: str, model_dir: Path, store: Path, run_dir: Path) -> tuple[DemoService, DemoService]:
-    common = ["--model", str(model_dir)] + (["--kv-cache-gb", "1"] if backend == "vllm" else [])
+def _services(
+    backend: str, model_dir: Path, dtype: str, store: Path, run_dir: Path
+) -> tuple[DemoService, DemoService]:
+    common = ["--model", str(model_dir), "--dtype", dtype] + (
+        ["--kv-cache-gb", "1"] if backend == "vllm" else []
+    )
     teacher = DemoService("teacher", backend, common, run_dir)
     rubric = DemoService("rubric", backend, [*common, "--store-url", f"sqlite:///{store}"], run_dir)
     return teacher, rubric
@@ -200,7 +211,7 @@ def _start(
     task = progress.add_task("Starting the teacher and rubric services", total=3)
     with ThreadPoolExecutor(max_workers=2) as pool:
         starting = [pool.submit(service.start, args.ready_timeout) for service in (teacher, rubric)]
-        student = Student(model)
+        student = Student(model, dtype=args.dtype)
         progress.advance(task)
         for future in starting:
             future.result()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rcsd.models.dtype import choose_dtype
 from rcsd.services.kit.templates import TemplateSet
 
 TEMPLATE_PACKAGE = "rcsd.services.teacher"
@@ -25,7 +26,7 @@ class StudentAnswer:
 
 
 class Student:
-    def __init__(self, model_dir: Path, template_version: str = "v1") -> None:
+    def __init__(self, model_dir: Path, template_version: str = "v1", dtype: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as transformers_logging
@@ -33,7 +34,8 @@ class Student:
         transformers_logging.disable_progress_bar()  # the demo draws its own progress
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
-        self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        chosen = choose_dtype(dtype, self.device).dtype  # bfloat16 only where the CPU has it natively
+        self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=chosen)
         self.model.to(self.device).eval()
         self.templates = TemplateSet(TEMPLATE_PACKAGE, template_version)
 

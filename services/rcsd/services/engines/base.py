@@ -7,12 +7,17 @@ and `vllm` (production). Services talk only to this interface.
 from __future__ import annotations
 
 import abc
+import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rcsd.client.protocol import ModelInfo
+from rcsd.models.dtype import choose_dtype
+
+logger = logging.getLogger("rcsd.engine")
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class EngineConfig:
 
     model: str  # a local folder or a Hugging Face model id
     revision: str | None = None
-    dtype: str = "auto"  # "auto" (the checkpoint's), "float32", "bfloat16", "float16"
+    dtype: str = "auto"  # "auto" (see rcsd.models.dtype), "float32", "bfloat16", "float16"
     max_model_len: int | None = None  # None: the model's own
     device: str = "auto"  # hf backend: "cpu", "cuda", "auto"
     adapter: str | None = None  # a LoRA adapter folder served on top of `model`
@@ -54,6 +59,13 @@ class EngineConfig:
     tensor_parallel_size: int = 1  # vllm: GPUs each layer is split over
     pipeline_parallel_size: int = 1  # vllm: stages of consecutive layers (GPUs = tensor x pipeline)
     seed: int = 0
+
+
+def with_chosen_dtype(config: EngineConfig, device: str) -> EngineConfig:
+    """`config` with `dtype="auto"` resolved for `device` (rcsd.models.dtype), the reason logged."""
+    choice = choose_dtype(config.dtype, device)
+    logger.info("dtype %s: %s", choice.dtype, choice.reason)
+    return dataclasses.replace(config, dtype=choice.dtype)
 
 
 @dataclass(frozen=True)

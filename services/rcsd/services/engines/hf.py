@@ -21,7 +21,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from rcsd.client.protocol import ModelInfo
-from rcsd.services.engines.base import Engine, EngineConfig, GenerationParams, ScoredTokens
+from rcsd.services.engines.base import (
+    Engine,
+    EngineConfig,
+    GenerationParams,
+    ScoredTokens,
+    with_chosen_dtype,
+)
 from rcsd.services.engines.identity import model_revision, tokenizer_hash
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # bounds memory of one forward's float32 logits
@@ -91,6 +97,7 @@ class HfEngine(Engine):
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        config = with_chosen_dtype(config, device)
         dtype = TORCH_DTYPES.get(config.dtype, "auto")
         tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
         model = AutoModelForCausalLM.from_pretrained(config.model, revision=config.revision, dtype=dtype)

@@ -72,6 +72,7 @@ from rcsd.services.engines.base import (
     GenerationParams,
     ScoredTokens,
     UnsupportedParameter,
+    with_chosen_dtype,
 )
 from rcsd.services.engines.identity import model_revision, tokenizer_hash
 from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
@@ -101,6 +102,7 @@ class VllmEngine(Engine):
         on_cpu = current_platform.is_cpu()
         if on_cpu:
             _set_cpu_env_defaults()
+        config = with_chosen_dtype(config, "cpu" if on_cpu else "cuda")
         served = config.model
         if config.adapter:
             served = await asyncio.to_thread(merged_adapter_folder, config)
