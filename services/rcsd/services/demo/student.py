@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rcsd.models.dtype import choose_dtype
-from rcsd.services.kit.templates import TemplateSet
-
-TEMPLATE_PACKAGE = "rcsd.services.teacher"
+from rcsd.models.prompts import chat_prompt_ids, student_prompt_text, student_template
 
 
 @dataclass(frozen=True)
@@ -37,15 +35,13 @@ class Student:
         chosen = choose_dtype(dtype, self.device).dtype  # bfloat16 only where the CPU has it natively
         self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=chosen)
         self.model.to(self.device).eval()
-        self.templates = TemplateSet(TEMPLATE_PACKAGE, template_version)
+        self.template_version = template_version
+        student_template(template_version)  # an unknown version fails here, not at the first question
 
     def prompt_ids(self, question: str) -> list[int]:
-        """Rendered as the teacher renders its `none` context (see teacher/context.py)."""
-        prompt = self.templates.render("student_prompt", question=question)
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Rendered as the teacher renders its `none` context (both use `rcsd.models.prompts`)."""
+        prompt = student_prompt_text(question, self.template_version)
+        return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": prompt}])
 
     def sample(self, question: str, *, max_new_tokens: int, temperature: float, seed: int) -> StudentAnswer:
         import torch

@@ -1,7 +1,7 @@
 """Builds the teacher's privileged context from a request and a versioned template set.
 
 Layouts (chat messages; the completion follows the assistant generation prompt):
-- `none`: the student's own prompt.
+- `none`: the student's own prompt (`rcsd.models.prompts`, the template the trainer samples from).
 - privileged modes, no rationale: [user: privileged context + transition].
 - with a rationale: [user: privileged context + rationale request, assistant: rationale,
   user: transition]. The `auto` rationale is generated from exactly that first turn.
@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from rcsd.client.protocol import TeacherRequest
+from rcsd.models.prompts import Message, chat_prompt_ids, student_prompt_text, student_template
 from rcsd.services.kit.templates import TemplateSet
-
-Message = dict[str, str]
 
 
 class TeacherContext:
     def __init__(self, templates: TemplateSet, tokenizer: Any) -> None:
+        student_template(templates.version)  # a version without a student prompt fails at start
         self.templates = templates
         self.tokenizer = tokenizer
 
@@ -41,7 +41,7 @@ class TeacherContext:
         return [{"role": "user", "content": text}]
 
     def messages(self, request: TeacherRequest, rationale: str | None) -> list[Message]:
-        student_prompt = self.templates.render("student_prompt", question=request.question)
+        student_prompt = student_prompt_text(request.question, self.templates.version)
         if request.context_mode == "none":
             return [{"role": "user", "content": student_prompt}]
         transition = self.templates.render("transition", student_prompt=student_prompt)
@@ -55,5 +55,4 @@ class TeacherContext:
 
     def encode(self, messages: list[Message]) -> list[int]:
         """Renders with the model's chat template, ending in the assistant generation prompt."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return chat_prompt_ids(self.tokenizer, messages)
