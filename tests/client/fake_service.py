@@ -1,7 +1,9 @@
 """A small real HTTP imitation of the teacher and rubric services, for the client's tests.
 
 It speaks the real contract (paths, ErrorResponse bodies, X-Request-ID, msgpack by Accept,
-limits enforced with 422) and can be told to misbehave: answer the next requests with a
+limits enforced with 422, per-item batch errors: a completion with a token id outside the
+vocabulary, a rubric request over max_model_len or whose question starts with "unsolvable")
+and can be told to misbehave: answer the next requests with a
 status and a Retry-After, answer slowly, refuse until ready, or be stopped and restarted on
 the same port. Scores are a pure function of (token id, position), so a split batch must
 come back equal to the unsplit one.
@@ -31,6 +33,9 @@ from rcsd.client.protocol import (
     Criterion,
     ErrorDetail,
     ErrorResponse,
+    ItemError,
+    ItemFailed,
+    ItemOk,
     ModelInfo,
     RubricBatchRequest,
     RubricBatchResponse,
@@ -45,6 +50,7 @@ from rcsd.client.protocol import (
 from rcsd.services.launch import free_port
 
 VOCAB = 1000
+MAX_MODEL_LEN = 4096
 OPEN_PATHS = {"/health", "/ready"}
 
 
@@ -167,6 +173,23 @@ def build_app(state: FakeState) -> FastAPI:
         if tokens > limit("max_completion_tokens_per_request"):
             raise _Refusal(422, f"{tokens} completion tokens exceed the limit", "completions")
 
+    def failed(type_: str, message: str, field: str | None) -> ItemFailed:
+        text = f"{field}: {message}" if field else message
+        return ItemFailed(error=ItemError(type=type_, message=text, status=422, field=field))
+
+    def group_item(group: TeacherRequest, where: str) -> ItemOk[TeacherResponse] | ItemFailed:
+        for k, completion in enumerate(group.completions):
+            if max(completion) >= state.vocab_size:
+                return failed("invalid_request", "token id outside the vocabulary", f"{where}completions.{k}")
+        return ItemOk[TeacherResponse](result=score(group))
+
+    def rubric_item(body: RubricRequest, where: str) -> ItemOk[RubricResponse] | ItemFailed:
+        if body.max_tokens > MAX_MODEL_LEN:
+            return failed("invalid_request", "max_tokens exceed max_model_len", f"{where}max_tokens")
+        if body.question.startswith("unsolvable"):
+            return failed("rubric_generation_failed", "no valid rubric after 4 attempts", None)
+        return ItemOk[RubricResponse](result=rubric(body))
+
     def score(group: TeacherRequest) -> TeacherResponse:
         rationale = group.rationale
         if rationale == AUTO_RATIONALE:  # a different rationale every time: splitting must not ask twice
@@ -197,7 +220,8 @@ def build_app(state: FakeState) -> FastAPI:
         for i, group in enumerate(body.groups):
             check_group(group, f"groups.{i}.")
         check_tokens(body.groups)
-        return answer(request, TeacherBatchResponse(results=[score(g) for g in body.groups]))
+        items = [group_item(g, f"groups.{i}.") for i, g in enumerate(body.groups)]
+        return answer(request, TeacherBatchResponse(results=items))
 
     def rubric(body: RubricRequest) -> RubricResponse:
         rubric_id = f"r-{abs(hash(body.question)) % 10**8}"
@@ -223,7 +247,8 @@ def build_app(state: FakeState) -> FastAPI:
         await admit(request)
         if len(body.requests) > limit("max_batch"):
             raise _Refusal(422, f"{len(body.requests)} requests exceed max_batch", "requests")
-        return answer(request, RubricBatchResponse(results=[rubric(r) for r in body.requests]))
+        items = [rubric_item(r, f"requests.{i}.") for i, r in enumerate(body.requests)]
+        return answer(request, RubricBatchResponse(results=items))
 
     @app.get("/rubrics/{rubric_id}")
     async def rubric_by_id(rubric_id: str, request: Request) -> Response:
@@ -250,7 +275,7 @@ def build_app(state: FakeState) -> FastAPI:
             revision="r0",
             tokenizer_hash=state.tokenizer_hash,
             vocab_size=state.vocab_size,
-            max_model_len=4096,
+            max_model_len=MAX_MODEL_LEN,
             dtype="float32",
         )
         body = ServiceInfo(

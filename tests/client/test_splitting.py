@@ -7,6 +7,7 @@ import pytest
 
 from rcsd.client import (
     AsyncTeacherClient,
+    BatchError,
     LimitExceededError,
     TeacherClient,
     TeacherRequest,
@@ -159,3 +160,46 @@ def test_empty_batch_sends_nothing(start_replica):
     with TeacherClient(replica.url) as client:
         assert client.score_batch([]) == []
     assert replica.state.seen == []
+
+
+def with_bad_token(groups: list[TeacherRequest], group: int, completion: int) -> list[TeacherRequest]:
+    """A copy of `groups` where one completion holds a token id the fake teacher refuses."""
+    bad = [list(c) for c in groups[group].completions]
+    bad[completion] = [*bad[completion], 5000]
+    return [g.model_copy(update={"completions": bad}) if i == group else g for i, g in enumerate(groups)]
+
+
+@pytest.mark.parametrize("limits", [LIMITS, {}], ids=["split", "whole"])
+def test_a_failed_group_keeps_the_others_and_names_the_callers_indices(start_replica, limits):
+    replica, reference = start_replica(limits=limits), start_replica()
+    groups = make_groups(seed=4)
+    # split by max_completions_per_group 3, completion 5 of group 4 is completion 2 of a later part
+    assert len(groups[4].completions) == 6
+    broken = with_bad_token(groups, group=4, completion=5)
+    with TeacherClient(replica.url) as client, TeacherClient(reference.url) as plain:
+        with pytest.raises(BatchError) as caught:
+            client.score_batch(broken)
+        expected = plain.score_batch(groups)
+    error = caught.value.errors[4]
+    assert list(caught.value.errors) == [4] and error.status == 422
+    assert error.field == "groups.4.completions.5" and error.message.startswith("groups.4.completions.5: ")
+    kept = caught.value.results
+    assert sorted(kept) == [i for i in range(len(groups)) if i != 4]
+    assert_same([kept[i] for i in sorted(kept)], [expected[i] for i in sorted(kept)])
+
+
+async def test_an_auto_rationale_group_whose_first_part_failed_sends_no_second_round(start_replica):
+    replica = start_replica(limits={"max_completions_per_group": 2})
+    auto = TeacherRequest(
+        question="why?",
+        reference_answer="because",
+        context_mode="reference",
+        rationale="auto",
+        completions=[[1]] * 5,
+    )
+    groups = with_bad_token([auto, make_groups()[0]], group=0, completion=1)
+    async with AsyncTeacherClient(replica.url) as client:
+        with pytest.raises(BatchError) as caught:
+            await client.score_batch(groups)
+    assert caught.value.errors[0].field == "groups.0.completions.1" and list(caught.value.results) == [1]
+    assert replica.state.hits["/teacher_logprobs/batch"] == 1  # the rest of group 0 was not sent

@@ -12,17 +12,23 @@ RcsdError
 │   ├── APIConnectionError        no answer (refused, reset, ...)
 │   │   └── APITimeoutError
 │   └── APIResponseValidationError  an answer that does not parse as the expected schema
+├── BatchError                    some items of a batch failed; the others' results are kept
 ├── IncompatibleTokenizerError    the service's tokenizer is not the caller's
 └── LimitExceededError            a request that cannot fit the service's limits, however split
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
 import httpx
 from pydantic import ValidationError
 
 from rcsd.client._constants import REQUEST_ID_HEADER
-from rcsd.client.protocol import ErrorResponse
+from rcsd.client.protocol import ErrorResponse, ItemError
+
+ResultT = TypeVar("ResultT")
 
 
 class RcsdError(Exception):
@@ -101,6 +107,33 @@ class APITimeoutError(APIConnectionError):
 
 class APIResponseValidationError(APIError):
     """A 2xx answer whose body is not the schema the endpoint promises."""
+
+
+class BatchError(RcsdError, Generic[ResultT]):
+    """Some items of a batch failed on their own; the rest succeeded and are kept.
+
+    `outcomes[i]` is item i's result or its `ItemError`, in the caller's order, and each error's
+    `field` is a path in the caller's terms (`groups.3.completions.0`), however the batch was split.
+    """
+
+    def __init__(self, outcomes: Sequence[ResultT | ItemError]) -> None:
+        self.outcomes = list(outcomes)
+        self.errors = {i: o for i, o in enumerate(self.outcomes) if isinstance(o, ItemError)}
+        self.results = {i: o for i, o in enumerate(self.outcomes) if not isinstance(o, ItemError)}
+        index, first = next(iter(self.errors.items()))
+        where = f" [field: {first.field}]" if first.field else ""
+        super().__init__(
+            f"{len(self.errors)} of {len(self.outcomes)} batch items failed; "
+            f"item {index}: {first.status} ({first.type}) {first.message}{where}"
+        )
+
+
+def raise_for_items(outcomes: Sequence[ResultT | ItemError]) -> list[ResultT]:
+    """The results when every item succeeded, else a `BatchError` carrying results and errors."""
+    results = [o for o in outcomes if not isinstance(o, ItemError)]
+    if len(results) < len(outcomes):
+        raise BatchError(outcomes)
+    return results
 
 
 class IncompatibleTokenizerError(RcsdError):

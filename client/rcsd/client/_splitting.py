@@ -10,10 +10,15 @@ One exception: `rationale="auto"` asks the teacher to write a rationale, and two
 get two different ones. The first part of such a group goes in the first round; the other parts
 follow in a second round with the rationale the teacher wrote, and the joined group is checked
 to have one context.
+
+A group the teacher could not score (an item error) fails as a whole, whichever part failed: its
+error comes back with the field path in the caller's indices (`groups.3.completions.5`, not the
+sub-request's `groups.0.completions.1`), and the other groups keep their results.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +26,8 @@ from rcsd.client._exceptions import LimitExceededError, RcsdError
 from rcsd.client.protocol import (
     AUTO_RATIONALE,
     CompletionScores,
+    ItemError,
+    ItemFailed,
     TeacherBatchRequest,
     TeacherBatchResponse,
     TeacherRequest,
@@ -28,6 +35,7 @@ from rcsd.client.protocol import (
 )
 
 _UNLIMITED = 2**62
+_ITEM_FIELD = re.compile(r"^(\w+)\.(\d+)(?:\.completions\.(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class ScorePlan:
         self._deferred = [p for p in self._parts if self._waits_for_rationale(p, parts_by_group)]
         self._round: list[list[Part]] = []
         self._results: dict[Part, TeacherResponse] = {}
+        self._errors: dict[int, ItemError] = {}  # by group: its first failed part's error
 
     def _waits_for_rationale(self, part: Part, parts_by_group: list[list[Part]]) -> bool:
         group = self._groups[part.group]
@@ -82,8 +91,8 @@ class ScorePlan:
         """The requests to send now (empty when done)."""
         if self._pending:
             parts, self._pending = self._pending, []
-        else:
-            parts, self._deferred = self._deferred, []
+        else:  # a group whose first part failed has no rationale to send with the rest
+            parts, self._deferred = [p for p in self._deferred if p.group not in self._errors], []
         self._round = _pack(parts, self._limits)
         return [TeacherBatchRequest(groups=[self._request(p) for p in chunk]) for chunk in self._round]
 
@@ -93,7 +102,11 @@ class ScorePlan:
                 raise RcsdError(
                     f"the teacher answered {len(answer.results)} groups to a request of {len(chunk)}"
                 )
-            for part, result in zip(chunk, answer.results, strict=True):
+            for part, item in zip(chunk, answer.results, strict=True):
+                if isinstance(item, ItemFailed):
+                    self._errors.setdefault(part.group, caller_error(item.error, part.group, part.start))
+                    continue
+                result = item.result
                 if len(result.completions) != part.stop - part.start:
                     raise RcsdError(
                         f"the teacher scored {len(result.completions)} completions of group {part.group} "
@@ -101,10 +114,13 @@ class ScorePlan:
                     )
                 self._results[part] = result
 
-    def responses(self) -> list[TeacherResponse]:
-        """One response per group, in the order of the groups, completions in their order."""
-        joined: list[TeacherResponse] = []
+    def responses(self) -> list[TeacherResponse | ItemError]:
+        """One response (or error) per group, in the order of the groups, completions in their order."""
+        joined: list[TeacherResponse | ItemError] = []
         for index in range(len(self._groups)):
+            if index in self._errors:
+                joined.append(self._errors[index])
+                continue
             parts = [p for p in self._parts if p.group == index]
             results = [self._results[p] for p in parts]
             first = results[0]
@@ -136,6 +152,22 @@ class ScorePlan:
                 )
             update["rationale"] = rationale
         return group.model_copy(update=update)
+
+
+def caller_error(error: ItemError, index: int, completion_offset: int = 0) -> ItemError:
+    """An item error of a sub-request, its field path (and the message's copy of it) renumbered:
+    item -> `index`, completion k -> `completion_offset + k`."""
+    if error.field is None or not (match := _ITEM_FIELD.match(error.field)):
+        return error
+    collection, _, completion = match.groups()
+    renumbered = f"{collection}.{index}"
+    if completion is not None:
+        renumbered += f".completions.{completion_offset + int(completion)}"
+    field = renumbered + error.field[match.end() :]
+    message = (
+        field + error.message[len(error.field) :] if error.message.startswith(error.field) else error.message
+    )
+    return error.model_copy(update={"field": field, "message": message})
 
 
 def _split_group(index: int, group: TeacherRequest, limits: TeacherLimits) -> list[Part]:

@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 from rcsd.client._base import AsyncAPIClient, CallOptions, SyncAPIClient, Timeout
-from rcsd.client._exceptions import RcsdError
+from rcsd.client._exceptions import RcsdError, raise_for_items
+from rcsd.client._splitting import caller_error
 from rcsd.client.protocol import (
+    ItemError,
+    ItemFailed,
     RubricBatchRequest,
     RubricBatchResponse,
     RubricRequest,
@@ -49,7 +52,11 @@ class RubricClient(SyncAPIClient):
         timeout: Timeout | None = None,
         request_id: str | None = None,
     ) -> list[RubricResponse]:
-        """Rubrics for many questions, in order (split by the service's `max_batch`)."""
+        """Rubrics for many questions, in order (split by the service's `max_batch`).
+
+        When some fail on their own (e.g. no valid rubric within the service's max_attempts),
+        raises `BatchError` holding every other rubric and each failed request's error.
+        """
         if not requests:
             return []
         options = self._options(timeout=timeout, request_id=request_id)
@@ -99,7 +106,11 @@ class AsyncRubricClient(AsyncAPIClient):
         timeout: Timeout | None = None,
         request_id: str | None = None,
     ) -> list[RubricResponse]:
-        """Rubrics for many questions, in order (split by the service's `max_batch`)."""
+        """Rubrics for many questions, in order (split by the service's `max_batch`).
+
+        When some fail on their own (e.g. no valid rubric within the service's max_attempts),
+        raises `BatchError` holding every other rubric and each failed request's error.
+        """
         if not requests:
             return []
         options = self._options(timeout=timeout, request_id=request_id)
@@ -135,7 +146,11 @@ def _batches(
 
 
 def _joined(answers: Sequence[RubricBatchResponse], expected: int) -> list[RubricResponse]:
-    results = [result for answer in answers for result in answer.results]
-    if len(results) != expected:
-        raise RcsdError(f"the rubric service answered {len(results)} rubrics to {expected} requests")
-    return results
+    items = [item for answer in answers for item in answer.results]
+    if len(items) != expected:
+        raise RcsdError(f"the rubric service answered {len(items)} rubrics to {expected} requests")
+    outcomes: list[RubricResponse | ItemError] = [
+        caller_error(item.error, index) if isinstance(item, ItemFailed) else item.result
+        for index, item in enumerate(items)
+    ]
+    return raise_for_items(outcomes)

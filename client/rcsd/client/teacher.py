@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from rcsd.client._base import AsyncAPIClient, CallOptions, SyncAPIClient, Timeout
-from rcsd.client._exceptions import IncompatibleTokenizerError
+from rcsd.client._exceptions import IncompatibleTokenizerError, raise_for_items
 from rcsd.client._splitting import ScorePlan, TeacherLimits
 from rcsd.client.protocol import (
+    ItemError,
     ServiceInfo,
     TeacherBatchRequest,
     TeacherBatchResponse,
@@ -74,7 +75,11 @@ class TeacherClient(SyncAPIClient):
         timeout: Timeout | None = None,
         request_id: str | None = None,
     ) -> list[TeacherResponse]:
-        """Score many groups; answers in the order of `groups`, whatever the split."""
+        """Score many groups; answers in the order of `groups`, whatever the split.
+
+        When some groups fail on their own (e.g. one over max_model_len), raises `BatchError`
+        holding every other group's response and each failed group's error.
+        """
         if not groups:
             return []
         options = self._options(timeout=timeout, request_id=request_id)
@@ -94,7 +99,7 @@ class TeacherClient(SyncAPIClient):
             parts = [options if unsplit else options.part(sent + i) for i in range(len(batches))]
             plan.record(self._map(send, list(zip(batches, parts, strict=True))))
             sent += len(batches)
-        return _verified(plan.responses(), self._expected_hash)
+        return _checked_outcomes(plan, self._expected_hash)
 
 
 class AsyncTeacherClient(AsyncAPIClient):
@@ -141,7 +146,11 @@ class AsyncTeacherClient(AsyncAPIClient):
         timeout: Timeout | None = None,
         request_id: str | None = None,
     ) -> list[TeacherResponse]:
-        """Score many groups; answers in the order of `groups`, whatever the split."""
+        """Score many groups; answers in the order of `groups`, whatever the split.
+
+        When some groups fail on their own (e.g. one over max_model_len), raises `BatchError`
+        holding every other group's response and each failed group's error.
+        """
         if not groups:
             return []
         options = self._options(timeout=timeout, request_id=request_id)
@@ -163,7 +172,7 @@ class AsyncTeacherClient(AsyncAPIClient):
             parts = [options if unsplit else options.part(sent + i) for i in range(len(batches))]
             plan.record(await self._map(send, list(zip(batches, parts, strict=True))))
             sent += len(batches)
-        return _verified(plan.responses(), self._expected_hash)
+        return _checked_outcomes(plan, self._expected_hash)
 
 
 def _expected_identity(tokenizer: Any, vocab_size: int | None) -> tuple[str, int, bool]:
@@ -184,6 +193,13 @@ def _check_identity(info: ServiceInfo, url: str, expected_hash: str, vocab_size:
         raise IncompatibleTokenizerError(
             f"the teacher at {url} ({info.model.name}) has a different tokenizer: " + "; ".join(problems)
         )
+
+
+def _checked_outcomes(plan: ScorePlan, expected_hash: str | None) -> list[TeacherResponse]:
+    """Every group's response, or `BatchError` (with the good ones) when some groups failed."""
+    outcomes = plan.responses()
+    _verified([o for o in outcomes if not isinstance(o, ItemError)], expected_hash)
+    return raise_for_items(outcomes)
 
 
 def _verified(responses: list[TeacherResponse], expected_hash: str | None) -> list[TeacherResponse]:

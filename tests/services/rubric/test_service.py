@@ -9,7 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rcsd.client.protocol import Criterion, RubricBounds, RubricResponse, rubric_problems
+from rcsd.client import BatchError, RubricClient
+from rcsd.client.protocol import (
+    Criterion,
+    RubricBatchResponse,
+    RubricBounds,
+    RubricRequest,
+    RubricResponse,
+    rubric_problems,
+)
 from rcsd.services.launch import ServiceProcess
 
 # Small bounds keep a random-weight model's maximal-length strings short enough to test quickly.
@@ -65,7 +73,7 @@ def test_batch_keeps_order_and_generates_identical_requests_once(server):
     requests = [ask("Why is the sky blue?"), ask("What is entropy?"), ask("What is entropy?")]
     r = httpx.post(f"{server.url}/rubrics/batch", json={"requests": requests}, timeout=300)
     assert r.status_code == 200, r.text
-    results = [assert_valid(x) for x in r.json()["results"]]
+    results = [assert_valid(x["result"]) for x in r.json()["results"]]
     assert results[0].cached  # stored by the test above
     assert results[1].rubric_id == results[2].rubric_id
     assert generated_count(server) - before == 1
@@ -105,6 +113,28 @@ def test_bad_input_is_422_naming_the_field(server, body, field, text):
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == field
     assert text in r.json()["error"]["message"]
+
+
+def test_a_request_that_cannot_succeed_fails_alone_every_time(server):
+    """A cut-off rubric (max_tokens 16) fails every attempt; over max_model_len fails before any work."""
+    requests = [
+        ask("Why is the sky blue?"),
+        {"question": "What is a vector?", "bounds": {"min_criteria": 5, "max_criteria": 5}, "max_tokens": 16},
+        {"question": "What is a tensor?", "max_tokens": 8000},
+    ]
+    for _ in range(2):  # deterministic seeds: the same item fails again, and the others still arrive
+        r = httpx.post(f"{server.url}/rubrics/batch", json={"requests": requests}, timeout=300)
+        assert r.status_code == 200, r.text
+        items = RubricBatchResponse.model_validate_json(r.content).results
+        assert [item.ok for item in items] == [True, False, False]
+        assert_valid(items[0].result.model_dump())
+        assert items[1].error.type == "rubric_generation_failed" and items[1].error.status == 422
+        assert (
+            items[2].error.field == "requests.2.max_tokens" and "max_model_len 4096" in items[2].error.message
+        )
+    with RubricClient(server.url) as client, pytest.raises(BatchError) as caught:
+        client.generate_batch([RubricRequest.model_validate(body) for body in requests])
+    assert sorted(caught.value.errors) == [1, 2] and list(caught.value.results) == [0]
 
 
 def test_unknown_rubric_is_404_and_oversized_batch_is_422(server):

@@ -31,7 +31,7 @@ def _backend(teacher) -> str:
 @pytest.mark.parametrize("mode", MODES)
 def test_group_matches_plain_forward(teacher, reference_model, mode, top_k):
     model, tokenizer = reference_model
-    completions = random_completions(len(tokenizer), [1, 9, 40], seed=hash(mode) % 1000)
+    completions = random_completions(len(tokenizer), [1, 9, 40], seed=MODES.index(mode))
     r = httpx.post(
         f"{teacher.url}/teacher_logprobs",
         json=group(mode, completions, top_k=top_k, return_context_ids=True),
@@ -143,7 +143,7 @@ def test_batch_keeps_order_and_matches_single(teacher, reference_model):
     ]
     batch = httpx.post(f"{teacher.url}/teacher_logprobs/batch", json={"groups": groups}, timeout=120)
     assert batch.status_code == 200, batch.text
-    results = batch.json()["results"]
+    results = [item["result"] for item in batch.json()["results"]]
     assert len(results) == len(groups)
     for g, result in zip(groups, results, strict=True):
         single = httpx.post(f"{teacher.url}/teacher_logprobs", json=g, timeout=60).json()
@@ -204,5 +204,7 @@ def test_vllm_refuses_other_temperatures_with_422(teacher_servers):
         json={"groups": [group("none", [[1, 2]]), group("none", [[3]], temperature=0.5)]},
         timeout=60,
     )
-    assert r.status_code == 422
-    assert r.json()["error"]["field"] == "groups.1.temperature"
+    assert r.status_code == 200, r.text  # the group fails alone; the other keeps its scores
+    first, second = r.json()["results"]
+    assert first["ok"] and not second["ok"]
+    assert second["error"]["status"] == 422 and second["error"]["field"] == "groups.1.temperature"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 
+from rcsd.client import BatchError, TeacherClient, TeacherRequest
+from rcsd.client.protocol import TeacherBatchResponse
 from tests.services.teacher.payloads import RUBRIC, group
 
 VOCAB = 1000  # the tiny model's
@@ -55,13 +58,37 @@ def test_bad_group_is_422_naming_the_field(teacher_servers, case, body, field, t
     assert error["request_id"] == r.headers["x-request-id"]
 
 
-def test_batch_errors_name_the_group(teacher_servers):
+def test_a_failing_group_fails_alone_and_names_its_field(teacher_servers):
+    url = teacher_servers["hf"].url
+    groups = [
+        group("none", [[1, 2, 3]]),
+        group("none", [[5], [7] * 4096]),  # over max_model_len: found before any group computes
+        group("rubric", [[1, 5000]]),
+        group("reference", [[4, 5]], top_k=2),
+    ]
+    r = httpx.post(f"{url}/teacher_logprobs/batch", json={"groups": groups}, timeout=60)
+    assert r.status_code == 200, r.text
+    items = TeacherBatchResponse.model_validate_json(r.content).results
+    assert [item.ok for item in items] == [True, False, False, True]
+    assert items[1].error.field == "groups.1.completions.1" and "max_model_len 4096" in items[1].error.message
+    assert items[2].error.field == "groups.2.completions.0" and items[2].error.status == 422
+    single = httpx.post(f"{url}/teacher_logprobs", json=groups[3], timeout=60).json()
+    np.testing.assert_allclose(
+        items[3].result.completions[0].logprobs, single["completions"][0]["logprobs"], atol=1e-4
+    )
+
+    with TeacherClient(url) as client, pytest.raises(BatchError) as caught:
+        client.score_batch([TeacherRequest.model_validate(g) for g in groups])
+    assert sorted(caught.value.errors) == [1, 2] and sorted(caught.value.results) == [0, 3]
+    assert caught.value.errors[1].field == "groups.1.completions.1"
+
+
+def test_limits_of_the_whole_batch_are_still_422(teacher_servers):
     url = f"{teacher_servers['hf'].url}/teacher_logprobs/batch"
-    r = httpx.post(url, json={"groups": [group("none", [[1]]), group("none", [[1, 5000]])]}, timeout=60)
-    assert r.status_code == 422
-    assert r.json()["error"]["field"] == "groups.1.completions.0"
     r = httpx.post(url, json={"groups": [group("none", [[1]])] * 65}, timeout=60)
     assert r.status_code == 422 and "max_groups_per_batch 64" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"groups": [group("none", [[1]]), {"question": "q"}]}, timeout=60)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "groups.1.completions"
 
 
 def test_malformed_bodies_are_4xx(teacher_servers):

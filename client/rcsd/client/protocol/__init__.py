@@ -1,5 +1,6 @@
 """Wire schemas: the single definition that the services and the client both import."""
 
+from rcsd.client.protocol.batch import ItemError, ItemFailed, ItemOk
 from rcsd.client.protocol.common import (
     Criterion,
     ErrorDetail,
@@ -9,6 +10,7 @@ from rcsd.client.protocol.common import (
     ServiceInfo,
 )
 from rcsd.client.protocol.rubric import (
+    RubricBatchItem,
     RubricBatchRequest,
     RubricBatchResponse,
     RubricBounds,
@@ -23,6 +25,7 @@ from rcsd.client.protocol.teacher import (
     MSGPACK_MEDIA_TYPE,
     CompletionScores,
     ContextMode,
+    TeacherBatchItem,
     TeacherBatchRequest,
     TeacherBatchResponse,
     TeacherRequest,
@@ -40,13 +43,18 @@ __all__ = [
     "ErrorDetail",
     "ErrorResponse",
     "Health",
+    "ItemError",
+    "ItemFailed",
+    "ItemOk",
     "ModelInfo",
+    "RubricBatchItem",
     "RubricBatchRequest",
     "RubricBatchResponse",
     "RubricBounds",
     "RubricRequest",
     "RubricResponse",
     "ServiceInfo",
+    "TeacherBatchItem",
     "TeacherBatchRequest",
     "TeacherBatchResponse",
     "TeacherRequest",

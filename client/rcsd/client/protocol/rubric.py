@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, model_validator
 
+from rcsd.client.protocol.batch import ItemFailed, ItemOk
 from rcsd.client.protocol.common import (
     MAX_DESCRIPTION_WORDS,
     Criterion,
@@ -60,8 +63,13 @@ class RubricBatchRequest(WireModel):
     requests: list[RubricRequest] = Field(min_length=1)
 
 
+RubricBatchItem = Annotated[ItemOk[RubricResponse] | ItemFailed, Field(discriminator="ok")]
+
+
 class RubricBatchResponse(WireModel):
-    results: list[RubricResponse]
+    """One item per request, in order: the rubric or why that request failed."""
+
+    results: list[RubricBatchItem]
 
 
 def rubric_problems(criteria: list[Criterion], bounds: RubricBounds) -> list[str]:

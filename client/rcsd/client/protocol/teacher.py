@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from rcsd.client.protocol.arrays import Float32Array1D, Float32Array2D, Int32Array1D, Int32Array2D
+from rcsd.client.protocol.batch import ItemFailed, ItemOk
 from rcsd.client.protocol.common import Criterion, WireModel
 
 ContextMode = Literal["rubric", "rubric+reference", "reference", "none"]
@@ -68,5 +69,10 @@ class TeacherBatchRequest(WireModel):
     groups: list[TeacherRequest] = Field(min_length=1)
 
 
+TeacherBatchItem = Annotated[ItemOk[TeacherResponse] | ItemFailed, Field(discriminator="ok")]
+
+
 class TeacherBatchResponse(WireModel):
-    results: list[TeacherResponse]
+    """One item per group, in request order: the group's scores or why that group failed."""
+
+    results: list[TeacherBatchItem]

@@ -6,14 +6,16 @@ processes (replicas sharing a database) they wait on the store's generation lock
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+from functools import partial
 
 from pydantic import ValidationError
 
 from rcsd.client.protocol import (
     Criterion,
+    ItemFailed,
+    ItemOk,
     RubricBatchRequest,
     RubricBatchResponse,
     RubricRequest,
@@ -22,6 +24,7 @@ from rcsd.client.protocol import (
     rubric_problems,
 )
 from rcsd.services.engines.base import Engine, GenerationParams
+from rcsd.services.kit.batch import checked, settle
 from rcsd.services.kit.errors import ServiceError, invalid
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.single_flight import SingleFlight
@@ -70,15 +73,25 @@ class RubricService:
         return record.response(cached=True)
 
     async def generate_batch(self, batch: RubricBatchRequest) -> RubricBatchResponse:
+        """Too many requests is a 422; each request is checked before any generates, and one that
+        fails (e.g. no valid rubric within max_attempts) is that item's error, not the batch's."""
         if len(batch.requests) > self.settings.max_batch:
             raise invalid(
                 "requests", f"{len(batch.requests)} requests exceed max_batch {self.settings.max_batch}"
             )
-        return RubricBatchResponse(
-            results=list(await asyncio.gather(*(self.generate(r) for r in batch.requests)))
-        )
+        prompts = [
+            checked(partial(self._prompt_ids, r, f"requests.{i}.")) for i, r in enumerate(batch.requests)
+        ]
+        works = [
+            prompt if isinstance(prompt, ItemFailed) else self._generate_checked(request, prompt)
+            for request, prompt in zip(batch.requests, prompts, strict=True)
+        ]
+        return RubricBatchResponse(results=await settle(works, ItemOk[RubricResponse]))
 
     async def generate(self, request: RubricRequest) -> RubricResponse:
+        return await self._generate_checked(request, self._prompt_ids(request, ""))
+
+    async def _generate_checked(self, request: RubricRequest, prompt_ids: list[int]) -> RubricResponse:
         info = self.engine.info
         key = request_key(
             request, model=info.name, model_revision=info.revision, template_version=self.template_version
@@ -88,7 +101,7 @@ class RubricService:
             self.metrics.rubrics(source="store").inc()
             return record.response(cached=True)
         (record, generated), did_work = await self._generating.run(
-            key, lambda: self._generate_once(key, request)
+            key, lambda: self._generate_once(key, request, prompt_ids)
         )
         if not did_work:  # an identical request in this process generated it
             self.metrics.rubrics(source="shared").inc()
@@ -96,10 +109,12 @@ class RubricService:
         self.metrics.rubrics(source="generated" if generated else "store").inc()
         return record.response(cached=not generated)
 
-    async def _generate_once(self, key: str, request: RubricRequest) -> tuple[StoredRubric, bool]:
+    async def _generate_once(
+        self, key: str, request: RubricRequest, prompt_ids: list[int]
+    ) -> tuple[StoredRubric, bool]:
         try:
             async with self.store.generation_lock(key, timeout=self.settings.lock_timeout_s):
-                return await self._generate_locked(key, request)
+                return await self._generate_locked(key, request, prompt_ids)
         except GenerationLockTimeout as exc:  # another replica is still at it: not our bug, retry later
             raise ServiceError(
                 503,
@@ -108,11 +123,13 @@ class RubricService:
                 retry_after_s=self.settings.retry_after_s,
             ) from exc
 
-    async def _generate_locked(self, key: str, request: RubricRequest) -> tuple[StoredRubric, bool]:
+    async def _generate_locked(
+        self, key: str, request: RubricRequest, prompt_ids: list[int]
+    ) -> tuple[StoredRubric, bool]:
         record = await self.store.get(key)  # another replica may have made it while we waited
         if record is not None:
             return record, False
-        criteria, attempts = await self._sample_valid(request)
+        criteria, attempts = await self._sample_valid(request, prompt_ids)
         info = self.engine.info
         record = StoredRubric(
             key=key,
@@ -126,15 +143,10 @@ class RubricService:
         )
         return await self.store.put(record), True
 
-    async def _sample_valid(self, request: RubricRequest) -> tuple[list[Criterion], int]:
+    async def _sample_valid(
+        self, request: RubricRequest, prompt_ids: list[int]
+    ) -> tuple[list[Criterion], int]:
         """Constrained decoding guarantees the JSON shape; semantic checks may still fail: resample."""
-        prompt_ids = self._prompt_ids(request)
-        if len(prompt_ids) + request.max_tokens > self.engine.info.max_model_len:
-            raise invalid(
-                "max_tokens",
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({request.max_tokens}) "
-                f"exceed max_model_len {self.engine.info.max_model_len}",
-            )
         schema = generation_schema(request.bounds)
         failures: list[str] = []
         for attempt in range(self.settings.max_attempts):
@@ -157,7 +169,8 @@ class RubricService:
             type="rubric_generation_failed",
         )
 
-    def _prompt_ids(self, request: RubricRequest) -> list[int]:
+    def _prompt_ids(self, request: RubricRequest, prefix: str) -> list[int]:
+        """The generation prompt, checked to leave room for `max_tokens` within max_model_len."""
         text = self.templates.render(
             "designer",
             question=request.question,
@@ -169,7 +182,15 @@ class RubricService:
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
-        return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        prompt_ids = list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        limit = self.engine.info.max_model_len
+        if len(prompt_ids) + request.max_tokens > limit:
+            raise invalid(
+                f"{prefix}max_tokens",
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({request.max_tokens}) "
+                f"exceed max_model_len {limit}",
+            )
+        return prompt_ids
 
 
 def _checked(text: str, request: RubricRequest) -> tuple[list[Criterion] | None, str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections import OrderedDict
+from functools import partial
 
 from rcsd.client.protocol import (
     AUTO_RATIONALE,
     CompletionScores,
+    ItemFailed,
+    ItemOk,
     ServiceInfo,
     TeacherBatchRequest,
     TeacherBatchResponse,
@@ -17,6 +19,7 @@ from rcsd.client.protocol import (
     TeacherResponse,
 )
 from rcsd.services.engines.base import Engine, GenerationParams, UnsupportedParameter
+from rcsd.services.kit.batch import checked, settle
 from rcsd.services.kit.errors import invalid
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.single_flight import SingleFlight
@@ -64,23 +67,27 @@ class TeacherService:
     # ---- requests ------------------------------------------------------------------------------
 
     async def score(self, request: TeacherRequest) -> TeacherResponse:
-        self._check_group(request, "")
         self._check_token_budget(sum(len(c) for c in request.completions), "completions")
-        return await self._score_checked(request, "")
+        return await self._score_checked(request, self._checked_context(request, ""), "")
 
     async def score_batch(self, batch: TeacherBatchRequest) -> TeacherBatchResponse:
+        """Limits of the whole request are a 422; each group's own checks, all done before any group
+        computes, and its failures are that group's item error."""
         if len(batch.groups) > self.settings.max_groups_per_batch:
             raise invalid(
                 "groups",
                 f"{len(batch.groups)} groups exceed max_groups_per_batch {self.settings.max_groups_per_batch}",
             )
-        for i, group in enumerate(batch.groups):
-            self._check_group(group, f"groups.{i}.")
         self._check_token_budget(sum(len(c) for g in batch.groups for c in g.completions), "groups")
-        results = await asyncio.gather(
-            *(self._score_checked(g, f"groups.{i}.") for i, g in enumerate(batch.groups))
-        )
-        return TeacherBatchResponse(results=list(results))
+        prefixes = [f"groups.{i}." for i in range(len(batch.groups))]
+        contexts = [
+            checked(partial(self._checked_context, g, p)) for g, p in zip(batch.groups, prefixes, strict=True)
+        ]
+        works = [
+            context if isinstance(context, ItemFailed) else self._score_checked(group, context, prefix)
+            for group, context, prefix in zip(batch.groups, contexts, prefixes, strict=True)
+        ]
+        return TeacherBatchResponse(results=await settle(works, ItemOk[TeacherResponse]))
 
     # ---- checks: every limit a client can break is a 422 naming the field --------------------
 
@@ -113,6 +120,22 @@ class TeacherService:
                 field, f"{tokens} completion tokens exceed max_completion_tokens_per_request {limit}"
             )
 
+    def _checked_context(self, request: TeacherRequest, prefix: str) -> list[int] | None:
+        """The context's token ids, after every check a group can fail before it computes.
+
+        None for `rationale="auto"`: the context holds a rationale not written yet, so only its
+        part before the rationale is checked against max_model_len now, the whole of it later.
+        """
+        self._check_group(request, prefix)
+        if request.rationale == AUTO_RATIONALE:
+            self._check_lengths(
+                request, len(self.context.encode(self.context.rationale_messages(request))), prefix
+            )
+            return None
+        context_ids = self.context.encode(self.context.messages(request, request.rationale))
+        self._check_lengths(request, len(context_ids), prefix)
+        return context_ids
+
     def _check_lengths(self, request: TeacherRequest, context_length: int, prefix: str) -> None:
         limit = self.engine.info.max_model_len
         for i, completion in enumerate(request.completions):
@@ -125,12 +148,15 @@ class TeacherService:
 
     # ---- work ----------------------------------------------------------------------------------
 
-    async def _score_checked(self, request: TeacherRequest, prefix: str) -> TeacherResponse:
+    async def _score_checked(
+        self, request: TeacherRequest, context_ids: list[int] | None, prefix: str
+    ) -> TeacherResponse:
+        """Scores a group that passed `_checked_context` (whose answer is `context_ids`)."""
         rationale = request.rationale
-        if rationale == AUTO_RATIONALE:
+        if context_ids is None:
             rationale = await self._auto_rationale(request)
-        context_ids = self.context.encode(self.context.messages(request, rationale))
-        self._check_lengths(request, len(context_ids), prefix)
+            context_ids = self.context.encode(self.context.messages(request, rationale))
+            self._check_lengths(request, len(context_ids), prefix)
         try:
             scored = await self.engine.score(
                 context_ids, request.completions, request.top_k, request.temperature
