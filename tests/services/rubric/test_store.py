@@ -281,6 +281,69 @@ async def test_killed_holder_releases_lock(store_url: str) -> None:
     assert waited < 5, f"a killed holder's lock took {waited:.1f}s to free"
 
 
+async def test_cancelled_holders_and_waiters_leave_no_lock_held(store_url: str) -> None:
+    async def hold(store: RubricStore, entered: asyncio.Event) -> None:
+        async with store.generation_lock("key", timeout=WAIT_S):
+            entered.set()
+            await asyncio.sleep(WAIT_S)
+
+    async with await open_store(store_url) as one, await open_store(store_url) as two:
+        entered, never = asyncio.Event(), asyncio.Event()
+        holder = asyncio.ensure_future(hold(one, entered))
+        await entered.wait()
+        waiters = [asyncio.ensure_future(hold(store, never)) for store in (one, two, one)]
+        await asyncio.sleep(0.1)  # the waiters are polling or queued
+        for task in [holder, *waiters]:
+            task.cancel()
+        await asyncio.gather(holder, *waiters, return_exceptions=True)
+        assert not never.is_set()
+        for store in (two, one):
+            async with store.generation_lock("key", timeout=2):
+                pass
+
+
+@pytest.mark.postgres
+async def test_a_64_question_batch_from_8_clients_holds_few_connections(postgres_server) -> None:
+    """Two replicas, four clients each, all asking for the same 64 rubrics: 512 locks taken, waited
+    for or held at once, on at most a pool plus one lock session per replica (the server allows 200)."""
+    import psycopg
+
+    from rcsd.services.rubric.store_postgres import DEFAULT_POOL_SIZE
+
+    url = postgres_server.create_database()
+    records = [make_record(f"Question {i}?") for i in range(64)]
+    generated: list[str] = []
+    counts: list[int] = []
+    done = asyncio.Event()
+
+    async def generate(key: str) -> None:
+        generated.append(key)
+        await asyncio.sleep(0.01)
+
+    async def client(store: RubricStore) -> list[StoredRubric]:
+        return list(
+            await asyncio.gather(*(get_or_generate(store, r, lambda r=r: generate(r.key)) for r in records))
+        )
+
+    async def watch() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            while not done.is_set():
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                counts.append((await cur.fetchone())[0])
+                await asyncio.sleep(0.005)
+
+    watcher = asyncio.ensure_future(watch())
+    async with await open_store(url) as one, await open_store(url) as two:
+        answers = await asyncio.gather(*(client(store) for store in [one, two] * 4))
+    done.set()
+    await watcher
+    assert sorted(generated) == sorted(r.key for r in records)  # each rubric generated once
+    assert all(answer == records for answer in answers)
+    assert max(counts) <= 2 * (DEFAULT_POOL_SIZE[1] + 1), max(counts)
+
+
 # -- export / import -------------------------------------------------------------------------------------
 
 

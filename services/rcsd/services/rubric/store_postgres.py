@@ -3,16 +3,24 @@
 Records live in one table (created if missing), the full record as jsonb next to its key and id.
 Queries run on an `AsyncConnectionPool` in autocommit mode.
 
-The generation lock is a session-level `pg_advisory_lock` held on a connection of its own, opened for
-the lock and closed to release it. Why an advisory lock rather than a lease table:
-- it dies with its session: a killed holder's socket is closed by the kernel, the server ends the
-  session and the next waiter gets the lock at once — no lease length to tune, no renewal task that
-  could stall under load and let two holders overlap, no clock comparisons between hosts;
-- waiters queue inside the server instead of polling a table.
+The generation locks are session-level advisory locks, all held on ONE connection per store (the
+"lock session"): a 64-question batch from 8 concurrent clients holds up to 512 locks with one
+connection, not 512 (a server's default `max_connections` is 100). Why an advisory lock rather than a
+lease table: it dies with its session — a killed holder's socket is closed by the kernel, the server
+ends the session and the next waiter gets the lock at once; no lease length to tune, no renewal task
+that could stall under load and let two holders overlap, no clock comparisons between hosts.
 When the holder's whole host vanishes (no FIN is ever sent), the server notices through TCP keepalives,
 which the lock connection sets short (`tcp_keepalives_*`, `tcp_user_timeout`): about a minute.
-Costs: one connection per held or waited-for lock (bounded by concurrent generations; size
-`max_connections` for it), and it needs real sessions — not a transaction-pooling pgbouncer.
+
+One session holds many locks, so waiting cannot block it: a waiter tries `pg_try_advisory_lock` with a
+growing pause between tries (`LOCK_POLL_S`), and tasks of one process queue on an in-process lock per
+key first (a session re-enters its own advisory locks, so the server alone would let them overlap).
+Taking and releasing run shielded from cancellation, so a cancelled request never leaves a lock held
+by the session; should an unlock fail, the session is closed, which releases everything it held.
+A session that breaks loses its locks while their holders still generate: a duplicate generation is
+then possible, and harmless, since `put` keeps the first record.
+Connections per process: the pool's `max_size` plus one. Needs real sessions — not a
+transaction-pooling pgbouncer.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -31,6 +40,7 @@ from rcsd.services.rubric.store import GenerationLockTimeout, RubricStore, Store
 
 DEFAULT_POOL_SIZE = (1, 8)
 DEFAULT_TIMEOUT_S = 30.0
+LOCK_POLL_S = (0.02, 0.5)  # first and longest pause between tries of a lock another session holds
 # Both ends watch the lock connection: the client (libpq) and the server (session settings).
 _CLIENT_KEEPALIVES = {
     "keepalives": "1",
@@ -58,6 +68,9 @@ class PostgresRubricStore(RubricStore):
     def __init__(self, conninfo: str, pool: AsyncConnectionPool) -> None:
         self._conninfo = conninfo
         self._pool = pool
+        self._lock_session: psycopg.AsyncConnection | None = None
+        self._opening = asyncio.Lock()
+        self._local: dict[int, _LocalLock] = {}
 
     @classmethod
     async def open(
@@ -146,25 +159,103 @@ class PostgresRubricStore(RubricStore):
     @asynccontextmanager
     async def generation_lock(self, key: str, *, timeout: float | None = None) -> AsyncIterator[None]:
         lock_id = _advisory_id(key)
-        conn = await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, application_name="rcsd-rubric-lock", options=self._lock_options()
-        )
-        try:  # closing the connection is what releases the lock, whatever happens inside
-            try:
-                # On timeout psycopg cancels the waiting query in the server before raising.
-                await asyncio.wait_for(conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,)), timeout)
-            except asyncio.TimeoutError as exc:
-                raise GenerationLockTimeout(f"generation lock {lock_id} still held after {timeout}s") from exc
-            yield
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        local = self._local.setdefault(lock_id, _LocalLock())
+        local.users += 1
+        try:
+            async with _within(local.lock, deadline, lock_id, timeout):
+                session = await self._take(lock_id, deadline, timeout)
+                try:
+                    yield
+                finally:
+                    await asyncio.shield(self._release(session, lock_id))
         finally:
-            await conn.close()
+            local.users -= 1
+            if not local.users:
+                del self._local[lock_id]
+
+    async def _take(
+        self, lock_id: int, deadline: float | None, timeout: float | None
+    ) -> psycopg.AsyncConnection:
+        """The lock session, once it holds `lock_id` (another session may hold it: try again later)."""
+        loop = asyncio.get_running_loop()
+        delay, max_delay = LOCK_POLL_S
+        while True:
+            attempt = asyncio.ensure_future(self._try_lock(lock_id))
+            try:
+                session = await asyncio.shield(attempt)
+            except asyncio.CancelledError:  # the try runs on and may take the lock: give it back then
+                attempt.add_done_callback(partial(self._give_back, lock_id))
+                raise
+            if session is not None:
+                return session
+            if deadline is not None and loop.time() + delay > deadline:
+                raise _timed_out(lock_id, timeout)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+    async def _try_lock(self, lock_id: int) -> psycopg.AsyncConnection | None:
+        session = await self._session()
+        cur = await session.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,))
+        row = await cur.fetchone()
+        return session if row is not None and row[0] else None
+
+    def _give_back(self, lock_id: int, attempt: asyncio.Future[psycopg.AsyncConnection | None]) -> None:
+        if not attempt.cancelled() and attempt.exception() is None and (session := attempt.result()):
+            asyncio.ensure_future(self._release(session, lock_id))
+
+    async def _release(self, session: psycopg.AsyncConnection, lock_id: int) -> None:
+        if session is not self._lock_session or session.closed:
+            return  # that session is gone, and the server released its locks with it
+        try:
+            await session.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+        except psycopg.Error:
+            await session.close()  # never leave a lock held: closing releases all of the session's
+
+    async def _session(self) -> psycopg.AsyncConnection:
+        """The lock session, (re)opened when missing or broken."""
+        async with self._opening:
+            if self._lock_session is None or self._lock_session.closed:
+                self._lock_session = await psycopg.AsyncConnection.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    application_name="rcsd-rubric-lock",
+                    options=self._lock_options(),
+                )
+            return self._lock_session
 
     def _lock_options(self) -> str:
         given = conninfo_to_dict(self._conninfo).get("options")
         return f"{given} {_SERVER_KEEPALIVES}" if given else _SERVER_KEEPALIVES
 
     async def aclose(self) -> None:
+        if self._lock_session is not None:
+            await self._lock_session.close()
         await self._pool.close()
+
+
+class _LocalLock:
+    """Tasks of this process waiting for, or holding, one key's lock."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+@asynccontextmanager
+async def _within(
+    lock: asyncio.Lock, deadline: float | None, lock_id: int, timeout: float | None
+) -> AsyncIterator[None]:
+    """Hold an in-process lock, waiting until `deadline` at most."""
+    remaining = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+    try:
+        await asyncio.wait_for(lock.acquire(), remaining)
+    except asyncio.TimeoutError as exc:
+        raise _timed_out(lock_id, timeout) from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _advisory_id(key: str) -> int:
@@ -176,3 +267,7 @@ def _with_defaults(url: str, defaults: dict[str, str]) -> str:
     """`url` with each of `defaults` added unless the URL sets it already."""
     given = conninfo_to_dict(url)
     return make_conninfo(url, **{name: value for name, value in defaults.items() if name not in given})
+
+
+def _timed_out(lock_id: int, timeout: float | None) -> GenerationLockTimeout:
+    return GenerationLockTimeout(f"generation lock {lock_id} still held after {timeout}s")
