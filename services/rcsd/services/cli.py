@@ -16,10 +16,12 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic_settings import CliApp
+if TYPE_CHECKING:  # imported when used: `rcsd train` / `rcsd eval` run without the services' deps
+    from rcsd.services.kit.settings import ServiceSettings
 
-from rcsd.services.kit.settings import ServiceSettings
+TRAINER_COMMANDS = {"train": "train_main", "eval": "eval_main"}  # in rcsd.trainer.cli
 
 EXIT_LOAD_FAILED = 3  # `rcsd serve`: the engine did not load (the log says why)
 
@@ -80,6 +82,10 @@ def _move_rubrics(direction: str, file: Path, store_url: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAINER_COMMANDS:
+        import rcsd.trainer.cli
+
+        return getattr(rcsd.trainer.cli, TRAINER_COMMANDS[argv[0]])(argv[1:])
     parser = argparse.ArgumentParser(prog="rcsd", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     # no argparse --help here: `rcsd serve teacher --help` lists the settings class's flags instead
@@ -93,12 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("direction", choices=["export", "import"])
     move.add_argument("file", type=Path)
     move.add_argument("--store-url", required=True)
+    commands.add_parser("train", help="train a student (see `rcsd train --help`)", add_help=False)
+    commands.add_parser(
+        "eval", help="evaluate a model on question sets (see `rcsd eval --help`)", add_help=False
+    )
     commands.add_parser(
         "demo", help="both services on SmolLM2, end to end (see `rcsd demo --help`)", add_help=False
     )
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
+        from pydantic_settings import CliApp
+
         settings_class = _settings_class(args.service)
         settings = CliApp.run(settings_class, cli_args=rest)
         return serve(settings, args.service)

@@ -1,0 +1,201 @@
+"""The trainer's one typed config: `TrainConfig`, loaded from YAML plus `key=value` overrides.
+
+    config = load_config("trainer/rcsd/trainer/configs/smollm2_cpu.yaml", ["steps=5", "teacher.top_k=8"])
+
+Overrides use dotted paths into the config and YAML values (`lora.enabled=false`,
+`services.teacher_urls=[http://a:8001,http://b:8001]`). A config that was printed and saved with a run
+(`config.yaml` in its output folder) loads back to the same `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rcsd.client.protocol import ContextMode
+
+SHIPPED_CONFIGS = "configs"  # folder inside rcsd.trainer: `rcsd train smollm2_cpu.yaml` finds it there
+API_KEY_ENV = "RCSD_API_KEY"
+
+
+class _Section(BaseModel):
+    """Unknown keys are refused, so a typo in a YAML file or an override fails loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(_Section):
+    """peft LoRA on the student; `enabled: false` trains every weight instead."""
+
+    enabled: bool = True
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class SamplingConfig(_Section):
+    """How the student samples its rollouts (truncated answers are kept)."""
+
+    max_new_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=1.2, gt=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    top_k: int = Field(default=20, ge=0)
+
+
+class LossConfig(_Section):
+    """The distillation loss (RCSD/OPSD) and the GRPO objective's clip."""
+
+    name: Literal["topk_fkl", "topk_jsd", "sampled_rkl"] = "topk_fkl"
+    tau: float = Field(default=1.2, gt=0.0)
+    clip: float = Field(default=0.05, gt=0.0, description="topk_fkl: max of each id's term")
+    beta: float = Field(default=0.5, ge=0.0, le=1.0, description="topk_jsd: 0 forward KL, 1 reverse KL")
+    advantage_clip: float | None = Field(default=None, gt=0.0, description="sampled_rkl")
+    grpo_clip_eps: float = Field(default=0.2, gt=0.0)
+
+
+class TeacherConfig(_Section):
+    """What the teacher sees; the teacher itself is whatever model the teacher service serves."""
+
+    context_mode: ContextMode = "rubric+reference"
+    top_k: int = Field(default=20, ge=0)
+    rationale: str | None = Field(default=None, description='text, or "auto": the teacher writes one first')
+
+
+class RubricConfig(_Section):
+    """Rubric requests; the service stores each rubric, so a question's rubric is generated once."""
+
+    min_criteria: int = Field(default=3, ge=1)
+    max_criteria: int = Field(default=25, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0)
+    seed: int = Field(default=0, ge=0)
+    max_tokens: int = Field(default=1024, ge=16)
+    # A rubric the service cannot produce (422 after its attempts): stop the run, or score that
+    # question with context_mode=reference (counted in every step's `rubric_fallbacks`).
+    on_failure: Literal["fail", "reference"] = "fail"
+
+
+class ProbeConfig(_Section):
+    """A fixed held-out probe measured before the first step and after the last (off without data)."""
+
+    data: list[str] = Field(default_factory=list, description="JSONL question files, not trained on")
+    questions: int = Field(default=8, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1, description="the probe's fixed student answers")
+
+
+class ServicesConfig(_Section):
+    """Service replicas (one URL each) and how long a call may keep retrying before the run fails."""
+
+    teacher_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8001"])
+    rubric_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8002"])
+    rollout_urls: list[str] = Field(
+        default_factory=list, description="rollout_engine=vllm: one vLLM server per rank (LoRA adapters)"
+    )
+    api_key_env: str = Field(default=API_KEY_ENV, description="the env var that holds the API key")
+    # Training outlives a service restart: a call retries (429/503/5xx/connection) for up to this long.
+    deadline_s: float = Field(default=1800.0, gt=0.0)
+    timeout_s: float = Field(default=600.0, gt=0.0, description="one attempt")
+    max_retries: int = Field(default=1000, ge=0)
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env)
+
+
+class TrainConfig(_Section):
+    """One run: method, student, optimisation, sampling, loss, teacher, services, data, logging."""
+
+    method: Literal["rcsd", "opsd", "grpo"] = "rcsd"
+    stage: Literal["reasoner"] = "reasoner"  # room for "rubric_generator" (Stage I)
+    model: str = Field(default="default", description='a folder, a HF id, or "default" (bundled SmolLM2)')
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field(default="auto", description="cpu, cuda, or auto")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    # optimisation
+    lr: float = Field(default=5e-6, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(default=1e-8, gt=0.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    steps: int = Field(default=100, ge=1)
+    seed: int = 0
+    # batch (global, over all ranks)
+    prompts_per_step: int = Field(default=32, ge=1)
+    rollouts_per_prompt: int = Field(default=1, ge=1, description="GRPO: the group size G")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    rubric: RubricConfig = Field(default_factory=RubricConfig)
+    services: ServicesConfig = Field(default_factory=ServicesConfig)
+    data: list[str] = Field(default_factory=list, description="JSONL question files")
+    rollout_engine: Literal["hf", "vllm"] = "hf"
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    # Rubric prefetch and per-group teacher scoring run beside the rollouts; false = one after the other.
+    overlap: bool = True
+    # output
+    output_dir: str = "runs/train"
+    checkpoint_every: int = Field(default=50, ge=1)
+    tensorboard: bool = False
+    plots: bool = True
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.method == "opsd" and self.teacher.context_mode != "reference":
+            raise ValueError("method opsd is RCSD with teacher.context_mode=reference; set it explicitly")
+        if self.method == "grpo" and self.rollouts_per_prompt < 2:
+            raise ValueError("grpo needs rollouts_per_prompt >= 2 (group-normalised advantages)")
+        if self.method != "grpo" and self.loss.name != "sampled_rkl" and self.teacher.top_k < 1:
+            raise ValueError(f"loss {self.loss.name} needs the teacher's top-k: set teacher.top_k >= 1")
+        if self.rubric.min_criteria > self.rubric.max_criteria:
+            raise ValueError("rubric.min_criteria must not exceed rubric.max_criteria")
+        return self
+
+    @property
+    def needs_rubrics(self) -> bool:
+        return self.method != "grpo" and "rubric" in self.teacher.context_mode
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def shipped_config(name: str) -> Path:
+    """A config shipped in rcsd/trainer/configs/ (e.g. "smollm2_cpu.yaml")."""
+    return Path(str(resources.files("rcsd.trainer").joinpath(SHIPPED_CONFIGS, name)))
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (a path, or the name of a shipped one) and apply `key=value` overrides."""
+    path = Path(path)
+    if not path.is_file() and shipped_config(path.name).is_file():
+        path = shipped_config(path.name)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config is a mapping, not {type(raw).__name__}")
+    for override in overrides:
+        _apply_override(raw, override)
+    return TrainConfig.model_validate(raw)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ValueError(f"an override is key=value, not {override!r}")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{key}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value) if value.strip() else None
