@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
 from rcsd.services.cli import EXIT_LOAD_FAILED
+from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.app import LoadedService, create_service_app
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.settings import ServiceSettings
@@ -25,7 +26,9 @@ def _app(load, routers: list[APIRouter] | None = None) -> FastAPI:
     return create_service_app(name="teacher", settings=_Settings(model="m"), load=load, routers=routers or [])
 
 
-async def _never_loads(settings: ServiceSettings, metrics: ServiceMetrics) -> LoadedService:
+async def _never_loads(
+    settings: ServiceSettings, metrics: ServiceMetrics, admission: Admission
+) -> LoadedService:
     raise OSError("no config.json in /nowhere")
 
 

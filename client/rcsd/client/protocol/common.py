@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rcsd.client.protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
+
 MAX_DESCRIPTION_WORDS = 40
 MIN_WEIGHT = -1
 MAX_WEIGHT = 10
@@ -20,8 +22,8 @@ class WireModel(BaseModel):
 class Criterion(WireModel):
     """One weighted rubric criterion (7-10 essential, 3-6 important, 1-2 optional, -1 pitfall)."""
 
-    title: str = Field(min_length=1, max_length=200)
-    description: str = Field(min_length=1, max_length=1000)
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    description: str = Field(min_length=1, max_length=MAX_DESCRIPTION_CHARS)
     weight: int = Field(ge=MIN_WEIGHT, le=MAX_WEIGHT)
 
 

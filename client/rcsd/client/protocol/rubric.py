@@ -12,11 +12,10 @@ from rcsd.client.protocol.common import (
     Criterion,
     WireModel,
 )
+from rcsd.client.protocol.limits import MAX_CRITERIA, MAX_QUESTION_CHARS, MAX_REFERENCE_CHARS
 
-MAX_QUESTION_CHARS = 20_000
-MAX_REFERENCE_CHARS = 40_000
 HARD_MIN_CRITERIA = 1
-HARD_MAX_CRITERIA = 50
+HARD_MAX_CRITERIA = MAX_CRITERIA
 
 
 class RubricBounds(WireModel):

@@ -9,6 +9,12 @@ from pydantic import Field, model_validator
 from rcsd.client.protocol.arrays import Float32Array1D, Float32Array2D, Int32Array1D, Int32Array2D
 from rcsd.client.protocol.batch import ItemFailed, ItemOk
 from rcsd.client.protocol.common import Criterion, WireModel
+from rcsd.client.protocol.limits import (
+    MAX_CRITERIA,
+    MAX_QUESTION_CHARS,
+    MAX_RATIONALE_CHARS,
+    MAX_REFERENCE_CHARS,
+)
 
 ContextMode = Literal["rubric", "rubric+reference", "reference", "none"]
 CONTEXT_MODES: tuple[str, ...] = ("rubric", "rubric+reference", "reference", "none")
@@ -25,10 +31,10 @@ class TeacherRequest(WireModel):
     re-encoded. `rationale="auto"` asks the teacher to write its own rationale first.
     """
 
-    question: str = Field(min_length=1)
-    reference_answer: str | None = None
-    rubric: list[Criterion] | None = None
-    rationale: str | None = None
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    reference_answer: str | None = Field(default=None, max_length=MAX_REFERENCE_CHARS)
+    rubric: list[Criterion] | None = Field(default=None, max_length=MAX_CRITERIA)
+    rationale: str | None = Field(default=None, max_length=MAX_RATIONALE_CHARS)
     context_mode: ContextMode = "rubric+reference"
     completions: list[list[int]] = Field(min_length=1)
     top_k: int = Field(default=0, ge=0)

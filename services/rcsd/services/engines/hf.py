@@ -31,6 +31,9 @@ from rcsd.services.engines.base import (
 from rcsd.services.engines.identity import model_revision, tokenizer_hash
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # bounds memory of one forward's float32 logits
+# bounds one forward's activations, and how long a cancelled request keeps the worker (it stops
+# between forwards); binds only for small vocabularies, where the logits budget alone allows more
+MAX_WINDOW_TOKENS = 4096
 BATCH_WINDOW_S = 0.01  # how long a generate call waits for others to batch with
 MAX_GENERATE_BATCH = 32
 MAX_SCORE_BATCH = 16  # completions sharing one expanded copy of the context cache
@@ -193,7 +196,7 @@ class HfEngine(Engine):
         if longest > 1:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(batch)
-            window = max(1, LOGITS_BUDGET_BYTES // (4 * vocab * batch))
+            window = max(1, min(LOGITS_BUDGET_BYTES // (4 * vocab * batch), MAX_WINDOW_TOKENS // batch))
             for start in range(0, longest - 1, window):
                 if cancel.is_set():
                     raise ScoringCancelled("the request was cancelled")

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rcsd.client.protocol import Health, ServiceInfo
 from rcsd.services.kit.admission import Admission
+from rcsd.services.kit.body_limit import BodyLimit
 from rcsd.services.kit.errors import (
     ServiceError,
     error_response,
@@ -53,7 +54,11 @@ class ServiceState(Generic[ServiceT]):
         self.settings = settings
         self.metrics = metrics
         self.admission = Admission(
-            settings.max_concurrency, settings.max_queue, settings.retry_after_s, metrics
+            settings.max_concurrency,
+            settings.max_queue,
+            settings.max_tokens_in_flight,
+            settings.retry_after_s,
+            metrics,
         )
         self.service: ServiceT | None = None
         self.load_error: BaseException | None = None
@@ -92,7 +97,7 @@ def create_service_app(
     *,
     name: str,
     settings: ServiceSettings,
-    load: Callable[[ServiceSettings, ServiceMetrics], Awaitable[ServiceT]],
+    load: Callable[[ServiceSettings, ServiceMetrics, Admission], Awaitable[ServiceT]],
     routers: list[APIRouter],
 ) -> FastAPI:
     metrics = ServiceMetrics(name)
@@ -100,7 +105,7 @@ def create_service_app(
 
     async def load_in_background() -> None:
         try:
-            state.service = await load(settings, metrics)
+            state.service = await load(settings, metrics, state.admission)
             log.info("ready", extra={"fields": {"service": name, "backend": settings.backend}})
         except Exception as exc:  # reported by /health, /ready and every request, then the exit
             state.load_error = exc
@@ -122,6 +127,7 @@ def create_service_app(
     app = FastAPI(title=f"rcsd {name} service", version="0.1.0", lifespan=lifespan)
     app.state.rcsd = state
     register_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: after auth
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -174,7 +180,12 @@ def create_service_app(
 
     @app.get("/v1/info", response_model=ServiceInfo)
     async def info() -> ServiceInfo:
-        return state.ready_service().info()
+        info = state.ready_service().info()
+        limits = {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_tokens_in_flight": settings.max_tokens_in_flight,
+        }
+        return info.model_copy(update={"limits": {**info.limits, **limits}})
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

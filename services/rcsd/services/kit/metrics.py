@@ -22,6 +22,16 @@ class ServiceMetrics:
         self.in_flight = Gauge("rcsd_in_flight", "requests being worked on", registry=self.registry)
         self.queue_depth = Gauge("rcsd_queue_depth", "requests waiting for a slot", registry=self.registry)
         self.rejected = Counter("rcsd_rejected", "requests refused by admission", registry=self.registry)
+        self.tokens_in_flight = Gauge(
+            "rcsd_tokens_in_flight",
+            "tokens (context + completion) of the requests being worked on",
+            registry=self.registry,
+        )
+        self.cancelled = Counter(
+            "rcsd_cancelled",
+            "requests whose client went away first; their work was stopped",
+            registry=self.registry,
+        )
         self.tokens_scored = Counter(
             "rcsd_tokens_scored", "completion tokens scored by the teacher", registry=self.registry
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import Request, Response
 from pydantic import BaseModel
 
@@ -9,7 +11,8 @@ from rcsd.client import codec
 from rcsd.client.protocol import MSGPACK_MEDIA_TYPE
 
 
-def negotiated(request: Request, model: BaseModel) -> Response:
+async def negotiated(request: Request, model: BaseModel) -> Response:
+    """Serialising a large answer is CPU work: it runs off the event loop."""
     if MSGPACK_MEDIA_TYPE in request.headers.get("accept", ""):
-        return Response(codec.encode(model), media_type=MSGPACK_MEDIA_TYPE)
-    return Response(model.model_dump_json(), media_type="application/json")
+        return Response(await asyncio.to_thread(codec.encode, model), media_type=MSGPACK_MEDIA_TYPE)
+    return Response(await asyncio.to_thread(model.model_dump_json), media_type="application/json")

@@ -35,7 +35,15 @@ class ServiceSettings(BaseSettings):
     # operations
     api_key: SecretStr | None = Field(default=None, description="require `Authorization: Bearer <key>`")
     max_concurrency: int = Field(default=8, ge=1, description="requests worked on at once")
-    max_queue: int = Field(default=64, ge=0, description="requests waiting beyond that; more get 503")
+    max_tokens_in_flight: int = Field(
+        default=1_048_576,
+        ge=1,
+        description="context + completion tokens of the requests worked on at once; a larger request gets 413",
+    )
+    max_queue: int = Field(default=64, ge=0, description="requests waiting beyond that; more get 429")
+    max_body_bytes: int = Field(
+        default=16 * 2**20, ge=1024, description="larger request bodies get 413 before they are parsed"
+    )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429/503")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from rcsd.services.engines.loader import load_engine
+from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.app import create_service_app
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.settings import ServiceSettings
@@ -14,11 +15,13 @@ from rcsd.services.rubric.settings import RubricSettings
 from rcsd.services.rubric.store import open_store
 
 
-async def load_rubrics(settings: ServiceSettings, metrics: ServiceMetrics) -> RubricService:
+async def load_rubrics(
+    settings: ServiceSettings, metrics: ServiceMetrics, admission: Admission
+) -> RubricService:
     assert isinstance(settings, RubricSettings)
     store = await open_store(settings.store_url)
     engine = await load_engine(settings.backend, settings.engine_config(adapter=settings.adapter))
-    return RubricService(engine, store, settings, metrics)
+    return RubricService(engine, store, settings, metrics, admission)
 
 
 def create_app(settings: RubricSettings) -> FastAPI:

@@ -14,6 +14,7 @@ from rcsd.client.protocol import (
     RubricResponse,
 )
 from rcsd.services.kit.app import state_of
+from rcsd.services.kit.disconnect import unless_disconnected
 from rcsd.services.rubric.service import RubricService
 
 router = APIRouter(tags=["rubric"])
@@ -34,8 +35,7 @@ Rubrics = Annotated[RubricService, Depends(get_rubrics)]
     summary="The rubric for a question: from the store, or generated once and stored",
 )
 async def create_rubric(body: RubricRequest, request: Request, rubrics: Rubrics) -> RubricResponse:
-    async with state_of(request).admission.slot():
-        return await rubrics.generate(body)
+    return await unless_disconnected(request, rubrics.generate(body))
 
 
 @router.post(
@@ -45,8 +45,7 @@ async def create_rubric(body: RubricRequest, request: Request, rubrics: Rubrics)
     summary="Rubrics for many questions in one call (results in request order)",
 )
 async def create_rubrics(body: RubricBatchRequest, request: Request, rubrics: Rubrics) -> RubricBatchResponse:
-    async with state_of(request).admission.slot():
-        return await rubrics.generate_batch(body)
+    return await unless_disconnected(request, rubrics.generate_batch(body))
 
 
 @router.get(

@@ -6,6 +6,7 @@ processes (replicas sharing a database) they wait on the store's generation lock
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from functools import partial
@@ -24,6 +25,7 @@ from rcsd.client.protocol import (
     rubric_problems,
 )
 from rcsd.services.engines.base import Engine, GenerationParams
+from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.batch import checked, settle
 from rcsd.services.kit.errors import ServiceError, invalid
 from rcsd.services.kit.metrics import ServiceMetrics
@@ -40,9 +42,15 @@ SEED_STRIDE = 1_000_003  # attempt i uses seed + i * stride
 
 class RubricService:
     def __init__(
-        self, engine: Engine, store: RubricStore, settings: RubricSettings, metrics: ServiceMetrics
+        self,
+        engine: Engine,
+        store: RubricStore,
+        settings: RubricSettings,
+        metrics: ServiceMetrics,
+        admission: Admission,
     ) -> None:
         self.engine = engine
+        self.admission = admission
         self.store = store
         self.settings = settings
         self.metrics = metrics
@@ -79,17 +87,28 @@ class RubricService:
             raise invalid(
                 "requests", f"{len(batch.requests)} requests exceed max_batch {self.settings.max_batch}"
             )
-        prompts = [
-            checked(partial(self._prompt_ids, r, f"requests.{i}.")) for i, r in enumerate(batch.requests)
-        ]
-        works = [
-            prompt if isinstance(prompt, ItemFailed) else self._generate_checked(request, prompt)
+        # rendering and tokenising are CPU work: off the event loop, like the engine's
+        prompts = await asyncio.to_thread(
+            lambda: [
+                checked(partial(self._prompt_ids, r, f"requests.{i}.")) for i, r in enumerate(batch.requests)
+            ]
+        )
+        tokens = sum(
+            len(prompt) + request.max_tokens
             for request, prompt in zip(batch.requests, prompts, strict=True)
-        ]
-        return RubricBatchResponse(results=await settle(works, ItemOk[RubricResponse]))
+            if not isinstance(prompt, ItemFailed)
+        )
+        async with self.admission.slot(tokens):
+            works = [
+                prompt if isinstance(prompt, ItemFailed) else self._generate_checked(request, prompt)
+                for request, prompt in zip(batch.requests, prompts, strict=True)
+            ]
+            return RubricBatchResponse(results=await settle(works, ItemOk[RubricResponse]))
 
     async def generate(self, request: RubricRequest) -> RubricResponse:
-        return await self._generate_checked(request, self._prompt_ids(request, ""))
+        prompt_ids = await asyncio.to_thread(self._prompt_ids, request, "")
+        async with self.admission.slot(len(prompt_ids) + request.max_tokens):
+            return await self._generate_checked(request, prompt_ids)
 
     async def _generate_checked(self, request: RubricRequest, prompt_ids: list[int]) -> RubricResponse:
         info = self.engine.info

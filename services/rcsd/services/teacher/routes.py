@@ -15,6 +15,7 @@ from rcsd.client.protocol import (
     TeacherResponse,
 )
 from rcsd.services.kit.app import state_of
+from rcsd.services.kit.disconnect import unless_disconnected
 from rcsd.services.kit.responses import negotiated
 from rcsd.services.teacher.service import TeacherService
 
@@ -37,8 +38,7 @@ Teacher = Annotated[TeacherService, Depends(get_teacher)]
     summary="Score one prompt group's completions under the teacher's privileged context",
 )
 async def teacher_logprobs(body: TeacherRequest, request: Request, teacher: Teacher) -> Response:
-    async with state_of(request).admission.slot():
-        return negotiated(request, await teacher.score(body))
+    return await negotiated(request, await unless_disconnected(request, teacher.score(body)))
 
 
 @router.post(
@@ -48,5 +48,4 @@ async def teacher_logprobs(body: TeacherRequest, request: Request, teacher: Teac
     summary="Score many prompt groups in one call (results in request order)",
 )
 async def teacher_logprobs_batch(body: TeacherBatchRequest, request: Request, teacher: Teacher) -> Response:
-    async with state_of(request).admission.slot():
-        return negotiated(request, await teacher.score_batch(body))
+    return await negotiated(request, await unless_disconnected(request, teacher.score_batch(body)))

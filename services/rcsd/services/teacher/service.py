@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from rcsd.client.protocol import (
     TeacherResponse,
 )
 from rcsd.services.engines.base import Engine, GenerationParams, UnsupportedParameter
+from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.batch import checked, settle
 from rcsd.services.kit.errors import invalid
 from rcsd.services.kit.metrics import ServiceMetrics
@@ -29,8 +31,11 @@ from rcsd.services.teacher.settings import TeacherSettings
 
 
 class TeacherService:
-    def __init__(self, engine: Engine, settings: TeacherSettings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, engine: Engine, settings: TeacherSettings, metrics: ServiceMetrics, admission: Admission
+    ) -> None:
         self.engine = engine
+        self.admission = admission
         self.settings = settings
         self.metrics = metrics
         self.context = TeacherContext(
@@ -68,7 +73,10 @@ class TeacherService:
 
     async def score(self, request: TeacherRequest) -> TeacherResponse:
         self._check_token_budget(sum(len(c) for c in request.completions), "completions")
-        return await self._score_checked(request, self._checked_context(request, ""), "")
+        # rendering and tokenising are CPU work: off the event loop, like the engine's
+        context = await asyncio.to_thread(self._checked_context, request, "")
+        async with self.admission.slot(await asyncio.to_thread(self._tokens, request, context)):
+            return await self._score_checked(request, context, "")
 
     async def score_batch(self, batch: TeacherBatchRequest) -> TeacherBatchResponse:
         """Limits of the whole request are a 422; each group's own checks, all done before any group
@@ -80,14 +88,35 @@ class TeacherService:
             )
         self._check_token_budget(sum(len(c) for g in batch.groups for c in g.completions), "groups")
         prefixes = [f"groups.{i}." for i in range(len(batch.groups))]
-        contexts = [
-            checked(partial(self._checked_context, g, p)) for g, p in zip(batch.groups, prefixes, strict=True)
-        ]
-        works = [
-            context if isinstance(context, ItemFailed) else self._score_checked(group, context, prefix)
-            for group, context, prefix in zip(batch.groups, contexts, prefixes, strict=True)
-        ]
-        return TeacherBatchResponse(results=await settle(works, ItemOk[TeacherResponse]))
+        contexts = await asyncio.to_thread(
+            lambda: [
+                checked(partial(self._checked_context, g, p))
+                for g, p in zip(batch.groups, prefixes, strict=True)
+            ]
+        )
+        tokens = await asyncio.to_thread(
+            lambda: sum(
+                self._tokens(group, context)
+                for group, context in zip(batch.groups, contexts, strict=True)
+                if not isinstance(context, ItemFailed)
+            )
+        )
+        async with self.admission.slot(tokens):
+            works = [
+                context if isinstance(context, ItemFailed) else self._score_checked(group, context, prefix)
+                for group, context, prefix in zip(batch.groups, contexts, prefixes, strict=True)
+            ]
+            return TeacherBatchResponse(results=await settle(works, ItemOk[TeacherResponse]))
+
+    def _tokens(self, request: TeacherRequest, context_ids: list[int] | None) -> int:
+        """What a group holds while it computes, for admission: its context and completions. An
+        `auto` rationale is not written yet: it counts as `rationale_max_tokens` (CPU work: call it
+        off the event loop)."""
+        completions = sum(len(c) for c in request.completions)
+        if context_ids is None:
+            around = self.context.encode(self.context.messages(request, ""))  # the context, rationale aside
+            return len(around) + self.settings.rationale_max_tokens + completions
+        return len(context_ids) + completions
 
     # ---- checks: every limit a client can break is a 422 naming the field --------------------
 
@@ -155,7 +184,9 @@ class TeacherService:
         rationale = request.rationale
         if context_ids is None:
             rationale = await self._auto_rationale(request)
-            context_ids = self.context.encode(self.context.messages(request, rationale))
+            context_ids = await asyncio.to_thread(
+                lambda: self.context.encode(self.context.messages(request, rationale))
+            )
             self._check_lengths(request, len(context_ids), prefix)
         try:
             scored = await self.engine.score(
@@ -197,7 +228,8 @@ class TeacherService:
 
     async def _generate_rationale(self, key: str, messages: list[dict[str, str]]) -> str:
         params = GenerationParams(max_tokens=self.settings.rationale_max_tokens, temperature=0.0, seed=0)
-        [text] = await self.engine.generate([self.context.encode(messages)], params)
+        prompt_ids = await asyncio.to_thread(self.context.encode, messages)
+        [text] = await self.engine.generate([prompt_ids], params)
         if self.settings.rationale_cache_size:
             self._rationales[key] = text.strip()
             while len(self._rationales) > self.settings.rationale_cache_size:
