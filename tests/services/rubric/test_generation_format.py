@@ -9,7 +9,8 @@ import xgrammar
 from transformers import AutoTokenizer
 
 from rcsd.client.protocol import RubricBounds, rubric_problems
-from rcsd.services.rubric.generation_format import generation_schema, to_criteria
+from rcsd.client.protocol.limits import MAX_TITLE_CHARS
+from rcsd.services.rubric.generation_format import MAX_TITLE_WORDS, generation_schema, to_criteria
 
 
 def _item(title: str, words: int = 3, weight: int | None = 5) -> dict:
@@ -64,3 +65,16 @@ def test_repeated_titles_are_dropped_then_bounds_checked():
         "criteria count 2 outside [3, 6]",
         "no pitfall criterion (weight -1)",
     ]
+
+
+@pytest.mark.parametrize(("word_chars", "admitted"), [(19, True), (20, False)])
+def test_the_longest_admitted_title_fits_the_wire_model(compiler, word_chars, admitted):
+    """10 words of 20 characters (209 in all) once passed the grammar and then broke the response."""
+    title = " ".join(["x" * word_chars] * MAX_TITLE_WORDS)
+    value = {"criteria": [_item(title), _item("b")], "pitfalls": [_item("c", weight=None)]}
+    bounds = RubricBounds(min_criteria=3, max_criteria=6)
+    grammar = compiler.compile_json_schema(json.dumps(generation_schema(bounds)), any_whitespace=False)
+    assert (
+        xgrammar.GrammarMatcher(grammar).accept_string(json.dumps(value, separators=(", ", ": "))) == admitted
+    )
+    assert (len(title) <= MAX_TITLE_CHARS) == admitted  # so what the grammar admits, Criterion accepts

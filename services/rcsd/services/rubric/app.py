@@ -20,7 +20,11 @@ async def load_rubrics(
 ) -> RubricService:
     assert isinstance(settings, RubricSettings)
     store = await open_store(settings.store_url)
-    engine = await load_engine(settings.backend, settings.engine_config(adapter=settings.adapter))
+    try:
+        engine = await load_engine(settings.backend, settings.engine_config(adapter=settings.adapter))
+    except BaseException:
+        await store.aclose()  # else its connections (a PostgreSQL pool) outlive the failed load
+        raise
     return RubricService(engine, store, settings, metrics, admission)
 
 

@@ -13,22 +13,27 @@ from typing import Any
 
 from rcsd.client.protocol import Criterion, RubricBounds
 from rcsd.client.protocol.common import MAX_DESCRIPTION_WORDS, MAX_WEIGHT
+from rcsd.client.protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
 
 PITFALL_WEIGHT = -1
 MAX_PITFALLS = 5
 MAX_TITLE_WORDS = 10
-# A word: no whitespace, quote, backslash or control character; at most 20 characters.
-WORD = r'[^\s"\\\x00-\x1f]{1,20}'
+MAX_WORD_CHARS = 20
 
 
-def _words(max_words: int) -> str:
-    return f"^{WORD}( {WORD}){{0,{max_words - 1}}}$"
+def _words(max_words: int, max_chars: int) -> str:
+    """At most `max_words` single-spaced words, and never more than `max_chars` characters in all
+    (the wire model's cap: a longer string would pass the grammar and fail the response)."""
+    word_chars = min(MAX_WORD_CHARS, (max_chars - (max_words - 1)) // max_words)
+    # A word: no whitespace, quote, backslash or control character.
+    word = rf'[^\s"\\\x00-\x1f]{{1,{word_chars}}}'
+    return f"^{word}( {word}){{0,{max_words - 1}}}$"
 
 
 def _item(with_weight: bool) -> dict[str, Any]:
     properties: dict[str, Any] = {
-        "title": {"type": "string", "pattern": _words(MAX_TITLE_WORDS)},
-        "description": {"type": "string", "pattern": _words(MAX_DESCRIPTION_WORDS)},
+        "title": {"type": "string", "pattern": _words(MAX_TITLE_WORDS, MAX_TITLE_CHARS)},
+        "description": {"type": "string", "pattern": _words(MAX_DESCRIPTION_WORDS, MAX_DESCRIPTION_CHARS)},
     }
     if with_weight:
         properties["weight"] = {"type": "integer", "enum": list(range(1, MAX_WEIGHT + 1))}
