@@ -164,11 +164,13 @@ async def test_a_replica_killed_while_requests_flow_loses_no_request(start_repli
 def test_a_loading_replica_is_skipped_until_ready(start_replica):
     loading, ready = start_replica(ready=False), start_replica()
     with TeacherClient([loading.url, ready.url]) as client:
+        shift = [0.0]
+        client._pool._clock = lambda: time.monotonic() + shift[0]  # time passes without sleeping
         for _ in range(6):
             client.score(REQUEST)
         assert ready.state.hits[SCORE] == 6
         loading.state.ready = True
-        time.sleep(1.05)  # the Retry-After of its 503
+        shift[0] += 1.05  # past the Retry-After (1 s) of its 503
         for _ in range(6):
             client.score(REQUEST)
     assert loading.state.hits[SCORE] == 3

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
+import rcsd.client._base as client_base
 from rcsd.client import (
     APIConnectionError,
     APITimeoutError,
     AsyncTeacherClient,
     AuthenticationError,
     BadRequestError,
+    InternalServerError,
     RateLimitError,
     ServiceUnavailableError,
     TeacherClient,
@@ -22,26 +27,40 @@ from rcsd.services.launch import free_port
 REQUEST = TeacherRequest(question="2+2?", context_mode="none", completions=[[5, 6, 7]])
 
 
-def test_retry_after_is_honoured(start_replica):
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays the clients wait between attempts, recorded instead of slept."""
+    delays: list[float] = []
+    clock = SimpleNamespace(monotonic=time.monotonic, time=time.time, sleep=delays.append)
+    monkeypatch.setattr(client_base, "time", clock)
+    real_sleep, test_thread = asyncio.sleep, threading.current_thread()
+
+    async def recorded(delay: float, *args: object) -> object:
+        if threading.current_thread() is not test_thread:  # the fake service's own loop
+            return await real_sleep(delay, *args)
+        delays.append(delay)
+        return await real_sleep(0)
+
+    monkeypatch.setattr(client_base.asyncio, "sleep", recorded)
+    return delays
+
+
+def test_retry_after_is_honoured(start_replica, slept):
     replica = start_replica()
     replica.state.fail_next(503, retry_after=1)
     with TeacherClient(replica.url) as client:
-        started = time.monotonic()
         response = client.score(REQUEST)
-        waited = time.monotonic() - started
     assert response.completions[0].token_ids.tolist() == [5, 6, 7]
-    assert 1.0 <= waited < 1.6, waited
+    assert slept == [1.0]
     assert replica.state.hits["/teacher_logprobs"] == 1
 
 
-async def test_429_retry_after_is_honoured_async(start_replica):
+async def test_429_retry_after_is_honoured_async(start_replica, slept):
     replica = start_replica()
     replica.state.fail_next(429, retry_after=0.6, times=2)
     async with AsyncTeacherClient(replica.url) as client:
-        started = time.monotonic()
         await client.score(REQUEST)
-        waited = time.monotonic() - started
-    assert 1.2 <= waited < 1.8, waited
+    assert slept == [0.6, 0.6]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408])
@@ -70,7 +89,7 @@ def test_retries_stop_at_the_deadline(start_replica):
 def test_retries_stop_at_max_retries(start_replica):
     replica = start_replica()
     replica.state.fail_next(500, retry_after=0, times=1000)
-    with TeacherClient(replica.url, max_retries=2) as client, pytest.raises(Exception) as caught:
+    with TeacherClient(replica.url, max_retries=2) as client, pytest.raises(InternalServerError) as caught:
         client.score(REQUEST)
     assert caught.value.attempts == 3
     assert len([p for p, _ in replica.state.seen if p == "/teacher_logprobs"]) == 3
