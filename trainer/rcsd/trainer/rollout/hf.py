@@ -20,6 +20,8 @@ NEUTRAL_PROCESSORS: dict[str, Any] = {
     "repetition_penalty": 1.0,
     "no_repeat_ngram_size": 0,
     "min_new_tokens": 0,
+}
+NEUTRAL_SAMPLING_WARPERS: dict[str, Any] = {
     "min_p": 0.0,
     "typical_p": 1.0,
     "epsilon_cutoff": 0.0,
@@ -80,6 +82,7 @@ class HfRollout:
                 "temperature": params.temperature,
                 "top_k": params.top_k,
                 "top_p": params.top_p,
+                **NEUTRAL_SAMPLING_WARPERS,
             }
         )
         out_N_L = self.model.generate(
