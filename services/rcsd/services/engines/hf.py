@@ -34,6 +34,7 @@ LOGITS_BUDGET_BYTES = 256 * 2**20  # bounds memory of one forward's float32 logi
 # bounds one forward's activations, and how long a cancelled request keeps the worker (it stops
 # between forwards); binds only for small vocabularies, where the logits budget alone allows more
 MAX_WINDOW_TOKENS = 4096
+LOG_SOFTMAX_ROWS = 64  # rows normalised at once: logsumexp's temporary stays small
 BATCH_WINDOW_S = 0.01  # how long a generate call waits for others to batch with
 MAX_GENERATE_BATCH = 32
 MAX_SCORE_BATCH = 16  # completions sharing one expanded copy of the context cache
@@ -41,7 +42,16 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 
 def _log_softmax(logits_N_V: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.log_softmax(logits_N_V.float() / temperature, dim=-1)
+    """log_softmax(logits / T) in float32, computed in place: a window's logits become its log-probs
+    without a second full-size copy (only a model computing in lower precision gets one: the cast)."""
+    x_N_V = logits_N_V.float()
+    if temperature != 1.0:
+        x_N_V.div_(temperature)
+    rows_R_V = x_N_V.view(-1, x_N_V.shape[-1])
+    for start in range(0, rows_R_V.shape[0], LOG_SOFTMAX_ROWS):
+        block_R_V = rows_R_V[start : start + LOG_SOFTMAX_ROWS]
+        block_R_V.sub_(torch.logsumexp(block_R_V, dim=-1, keepdim=True))
+    return x_N_V
 
 
 class ScoringCancelled(Exception):
@@ -67,7 +77,10 @@ class _SeededGumbelSampler(LogitsProcessor):
         for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators, strict=True)):
             if temperature > 0:
                 uniform = torch.rand(scores.shape[-1], generator=generator).clamp_(1e-10, 1.0)
-                scores[row] = scores[row] / temperature - torch.log(-torch.log(uniform)).to(scores.device)
+                # Shifted so the best allowed token is 0: dividing by a tiny T then cannot overflow to
+                # inf (found by fuzzing: T=5e-118 sampled a token the grammar had masked).
+                shifted = scores[row] - scores[row].max()
+                scores[row] = shifted / temperature - torch.log(-torch.log(uniform)).to(scores.device)
         return scores
 
 
@@ -201,9 +214,12 @@ class HfEngine(Engine):
                 if cancel.is_set():
                     raise ScoringCancelled("the request was cancelled")
                 feed_B_W = targets_B_T[:, start : min(start + window, longest - 1)]
-                out = self.model(feed_B_W, past_key_values=cache, use_cache=True)
+                # the cache grows in place; only the logits are taken, and dropped before the next
+                # forward, so one window's logits are alive at a time
+                logits_B_W_V = self.model(feed_B_W, past_key_values=cache, use_cache=True).logits
                 next_B_W = targets_B_T[:, start + 1 : start + 1 + feed_B_W.shape[1]]
-                scores.append(_select(_log_softmax(out.logits, temperature), next_B_W, top_k))
+                scores.append(_select(_log_softmax(logits_B_W_V, temperature), next_B_W, top_k))
+                del logits_B_W_V
         chosen_B_T, topk_ids_B_T_K, topk_logprobs_B_T_K = (
             torch.cat(parts, dim=1) if parts[0] is not None else None for parts in zip(*scores, strict=True)
         )
