@@ -123,3 +123,39 @@ def test_cancelled_scoring_stops_between_windows(engine, monkeypatch):
     finally:
         hook.remove()
     assert len(windows) == 3  # context pass + 2 windows, then it stopped
+
+
+def test_a_tiny_temperature_samples_only_allowed_tokens():
+    """Regression (fuzzing): logits / 5e-118 overflowed to inf and a grammar-masked token was sampled."""
+    scores = torch.tensor(
+        [[-3.0, 2.5, float("-inf"), -0.5, float("-inf")], [float("-inf"), -2.0, float("-inf"), -3.0, -9.0]]
+    )
+    sampler = hf._SeededGumbelSampler([5e-118, 1e-30], [0, 1])
+    chosen = sampler(torch.zeros(2, 1, dtype=torch.long), scores.clone()).argmax(-1).tolist()
+    assert chosen == [1, 1]  # the best allowed token: at such temperatures sampling is greedy
+
+
+def test_a_cancelled_generation_stops_the_worker(engine):
+    """A caller that gives up (its client went away) stops its generation batch within a step."""
+    forwards: list[int] = []
+    hook = engine.model.register_forward_hook(lambda *_: forwards.append(1))
+    params = GenerationParams(max_tokens=300, temperature=0.0, seed=0)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(engine.generate([[5, 6, 7]], params))
+        while len(forwards) < 5:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine._run(lambda: None)  # the worker is free again once the batch has stopped
+        return len(forwards)
+
+    try:
+        stopped_after = asyncio.run(scenario())
+        forwards.clear()
+        uncancelled = asyncio.run(engine.generate([[5, 6, 7]], params))
+    finally:
+        hook.remove()
+    assert len(forwards) >= 200, f"greedy output ended early ({len(forwards)} steps): {uncancelled!r}"
+    assert stopped_after < 50, stopped_after

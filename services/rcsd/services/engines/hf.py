@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from rcsd.client.protocol import ModelInfo
 from rcsd.services.engines.base import (
@@ -89,6 +96,25 @@ class _PendingGeneration:
     prompt_ids: list[int]
     params: GenerationParams
     future: asyncio.Future[str] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # set on the event loop when the caller gives up (its client went away); read by the worker
+        self.cancelled = threading.Event()
+        self.future.add_done_callback(lambda f: f.cancelled() and self.cancelled.set())
+
+
+class _AllCancelled(StoppingCriteria):
+    """Stops a generation batch once every caller in it has been cancelled. (Not row by row: a
+    stopped row would feed pad tokens to its grammar matcher.)"""
+
+    def __init__(self, batch: list[_PendingGeneration]) -> None:
+        self.batch = batch
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        stop = all(p.cancelled.is_set() for p in self.batch)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class HfEngine(Engine):
@@ -255,6 +281,9 @@ class HfEngine(Engine):
             schema_key = _schema_key(self._pending[0].params)
             batch = [p for p in self._pending if _schema_key(p.params) == schema_key][:MAX_GENERATE_BATCH]
             self._pending = [p for p in self._pending if p not in batch]
+            batch = [p for p in batch if not p.future.cancelled()]
+            if not batch:
+                continue
             try:
                 texts = await self._run(self._generate_sync, batch)
             except Exception as exc:
@@ -292,6 +321,7 @@ class HfEngine(Engine):
             top_p=None,
             top_k=None,
             logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([_AllCancelled(batch)]),
             pad_token_id=pad,
         )
         texts = []
