@@ -179,7 +179,7 @@ def build_app(state: FakeState) -> FastAPI:
 
     def group_item(group: TeacherRequest, where: str) -> ItemOk[TeacherResponse] | ItemFailed:
         for k, completion in enumerate(group.completions):
-            if max(completion) >= state.vocab_size:
+            if completion and max(completion) >= state.vocab_size:
                 return failed("invalid_request", "token id outside the vocabulary", f"{where}completions.{k}")
         return ItemOk[TeacherResponse](result=score(group))
 
