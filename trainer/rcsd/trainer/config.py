@@ -138,7 +138,8 @@ class TrainConfig(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     rubric: RubricConfig = Field(default_factory=RubricConfig)
     services: ServicesConfig = Field(default_factory=ServicesConfig)
-    data: list[str] = Field(default_factory=list, description="JSONL question files")
+    data: list[str] = Field(default_factory=list, description="JSONL files or shipped set names")
+    data_limit: int | None = Field(default=None, ge=1, description="train on the first N questions only")
     rollout_engine: Literal["hf", "vllm"] = "hf"
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     # Rubric prefetch and per-group teacher scoring run beside the rollouts; false = one after the other.

@@ -1,0 +1,156 @@
+"""Trainer step time with and without overlapping the service calls with the rollouts, CPU.
+
+Runs the real trainer (`rcsd.trainer.train.main`, RCSD, hf rollouts) twice in this one process against
+the same real teacher and rubric services (hf backend, on loopback):
+
+1. overlap on (the default): the next step's rubrics are requested during this step, and each
+   group's completions go to the teacher as soon as they are sampled, while the next group samples;
+2. overlap off (the baseline): each step first waits for its rubrics, samples every group, then
+   sends all groups to the teacher and waits.
+
+The services get their own CPU core and the trainer another (`--pin`, the default), as in production
+where the services run on their own machines: on one shared set of cores the overlap would only make
+the processes compete for them. Each run gets its own questions, so every rubric is generated fresh in
+both (as in a run over a large data set, where a question's rubric is new the first time it is seen).
+Reports the mean and median step time over the steps after the first (warm-up), the mean time per
+phase, and the ratio of the baseline's mean step time to the overlapped one's (target >= 1.3x).
+
+    .venv/bin/python bench/trainer_step.py [--model tiny|default] [--steps 6] [--prompts 4] [--no-pin]
+
+Prints a table, then one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rcsd.models.dtype import cpu_capability
+from rcsd.services.launch import ServiceProcess
+from rcsd.trainer.config import TrainConfig
+from rcsd.trainer.metrics import read_metrics
+from rcsd.trainer.train import main
+
+PHASES = ("rubrics", "rollout", "teacher_wait", "student", "optimizer", "update", "step")
+
+
+def questions(path: Path, count: int, tag: str) -> Path:
+    """`count` distinct numeric questions (distinct per run, so no rubric comes from the store)."""
+    lines = []
+    for i in range(count):
+        a, b = 3 + i, 7 + 2 * i
+        lines.append(
+            {
+                "id": f"{tag}-{i}",
+                "source": "bench",
+                "subject": "physics",
+                "answer_type": "numeric",
+                "question": f"[{tag}] A cart of mass {a} kg moves at {b} m/s. What is its momentum?",
+                "choices": None,
+                "answer": str(a * b),
+                "unit": "kg m/s",
+                "reference_solution": f"p = m v = {a} * {b} = {a * b} kg m/s.",
+            }
+        )
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def run(args: argparse.Namespace, model: str, urls: dict[str, str], work: Path, overlap: bool) -> dict:
+    tag = "overlap" if overlap else "serial"
+    config = TrainConfig(
+        model=model,
+        dtype="float32",
+        device="cpu",
+        lr=1e-4,
+        steps=args.steps,
+        prompts_per_step=args.prompts,
+        sampling={"max_new_tokens": args.max_new_tokens},
+        teacher={"top_k": 20},
+        rubric={
+            "min_criteria": 1,
+            "max_criteria": 3,
+            "max_tokens": args.rubric_max_tokens,
+            "on_failure": "reference",
+        },
+        services={"teacher_urls": [urls["teacher"]], "rubric_urls": [urls["rubric"]]},
+        data=[str(questions(work / f"{tag}.jsonl", args.steps * args.prompts, tag))],
+        output_dir=str(work / tag),
+        checkpoint_every=10_000,
+        overlap=overlap,
+        plots=False,
+        progress=False,
+    )
+    records = read_metrics(main(config))[1:]  # the first step warms up
+    phases = {p: statistics.mean(r[f"time/{p}"] for r in records) for p in PHASES}
+    return {
+        "median_step_s": statistics.median(r["time/step"] for r in records),
+        "mean_step_s": phases["step"],
+        "phases": phases,
+    }
+
+
+def main_bench() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny (built here) or default (SmolLM2)")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--rubric-max-tokens", type=int, default=384)
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True, help="CPU 0 / CPU 1")
+    args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin and len(cpus) >= 2
+
+    with tempfile.TemporaryDirectory(prefix="rcsd-bench-") as tmp:
+        work = Path(tmp)
+        if args.model == "tiny":
+            from rcsd.models.tiny import build_tiny_model
+
+            model = str(build_tiny_model(work / "tiny"))
+        else:
+            from rcsd.models.default import prepare_default_model
+
+            model = str(prepare_default_model())
+        common = ["--backend", "hf", "--model", model, "--dtype", "float32"]
+        services = [
+            ServiceProcess("teacher", [*common, "--max-top-k", "20"], work),
+            ServiceProcess("rubric", [*common, "--store-url", f"sqlite:///{work / 'rubrics.db'}"], work),
+        ]
+        try:
+            if pin:  # children inherit the affinity they are started with
+                os.sched_setaffinity(0, set(cpus[1:]))
+            for service in services:
+                service.start()
+            if pin:
+                os.sched_setaffinity(0, {cpus[0]})
+                torch.set_num_threads(1)
+            urls = {s.service: s.url for s in services}
+            serial = run(args, model, urls, work, overlap=False)
+            overlap = run(args, model, urls, work, overlap=True)
+        finally:
+            for service in services:
+                service.stop()
+
+    ratio = serial["mean_step_s"] / overlap["mean_step_s"]
+    where = f"trainer on CPU {cpus[0]}, services on CPUs {cpus[1:]}" if pin else f"all on CPUs {cpus}"
+    print(
+        f"\nCPU {cpu_capability()} ({where}), model {args.model}, {args.prompts} prompts x {args.steps} steps"
+    )
+    print(f"{'phase (mean s)':<16}{'serial':>10}{'overlap':>10}")
+    for phase in PHASES:
+        print(f"{phase:<16}{serial['phases'][phase]:>10.3f}{overlap['phases'][phase]:>10.3f}")
+    print(f"{'median step':<16}{serial['median_step_s']:>10.3f}{overlap['median_step_s']:>10.3f}")
+    print(f"speed-up from the overlap (mean step): {ratio:.2f}x\n")
+    print(json.dumps({"bench": "trainer_step", "cpu": cpu_capability(), "pinned": pin, "model": args.model,
+                      "serial": serial, "overlap": overlap, "ratio": round(ratio, 3)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main_bench()

@@ -1,0 +1,68 @@
+"""A trainer machine needs no vLLM and no FastAPI: the `trainer` extra and what `rcsd train` imports.
+
+The import check runs in a fresh interpreter and traces `sys.modules`: `rcsd train --help` through
+the `rcsd` entry point, then the whole training loop, must import none of the services' packages.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE_ONLY = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pydantic_settings",
+    "prometheus_client",
+    "vllm",
+    "psycopg",
+)
+
+CHECK = textwrap.dedent(
+    """
+    import contextlib, io, sys
+    from rcsd.services.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(["train", "--help"])
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+    assert "rcsd train" in out.getvalue() and "--resume" in out.getvalue()
+    import rcsd.trainer.train  # the whole loop, with torch, transformers and peft
+
+    service_only = {service_only!r}
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in service_only)
+    services = sorted(m for m in sys.modules if m.startswith("rcsd.services.") and m != "rcsd.services.cli")
+    assert not loaded and not services, (loaded, services)
+    """
+)
+
+
+def test_rcsd_train_imports_nothing_of_the_services() -> None:
+    code = CHECK.format(service_only=SERVICE_ONLY)
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_trainer_extra_leaves_out_the_services() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    names = {_name(r) for r in extras["trainer"] + project["dependencies"]}
+    assert {"torch", "transformers", "peft", "pyyaml", "safetensors"} <= names
+    assert not names & {"fastapi", "uvicorn", "pydantic-settings", "vllm", "xgrammar", "psycopg"}
+    assert {"fastapi", "uvicorn", "pydantic-settings"} <= {_name(r) for r in extras["services"]}
+    assert '".[services,trainer,dev]"' in (ROOT / "deploy" / "install.sh").read_text()
+
+
+def _name(requirement: str) -> str:
+    for separator in "[<>=! ":
+        requirement = requirement.split(separator)[0]
+    return requirement.lower()

@@ -1,0 +1,380 @@
+"""The on-policy trainer: RCSD, OPSD and GRPO in one loop that reads top to bottom.
+
+    from rcsd.trainer.config import load_config
+    from rcsd.trainer.train import main
+    main(load_config("smollm2_cpu.yaml", ["steps=20"]))        # or: rcsd train smollm2_cpu.yaml steps=20
+
+One RCSD step, per rank (each its share of the step's questions):
+1. rubrics for the step's questions, fetched during the previous step (the rubric service stores them);
+2. rollouts from the student's current weights, one group (G answers) per question, with the
+   student's own prompt; as soon as a group exists its token ids go to the teacher service (worker
+   thread), so scoring overlaps the sampling of the next groups;
+3. per group, the student's logits on the same positions, the loss on the teacher's top-K, backward;
+   each group's loss is weighted by its tokens / the step's global token count, so the update is the
+   loss averaged over every valid completion token of every rank;
+4. gradients summed over ranks, optimizer step, the rollout engine follows the new weights.
+OPSD is the same with `teacher.context_mode=reference` (no rubrics); GRPO replaces the teacher with the
+answer checker's reward and group-normalised advantages. The teacher is whatever the teacher service
+serves: the frozen base model in the released recipe.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcsd.client import to_padded_tensors
+from rcsd.trainer import checkpoint as ckpt
+from rcsd.trainer import distributed, losses
+from rcsd.trainer.answers import reward
+from rcsd.trainer.config import TrainConfig
+from rcsd.trainer.data import Question, load_questions
+from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
+from rcsd.trainer.probe import Probe
+from rcsd.trainer.prompts import student_prompt_ids
+from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
+from rcsd.trainer.services import Rubric, Scored, ServiceCalls
+from rcsd.trainer.student import Student, completion_logits, load_student, sampled_logprobs
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class Group:
+    """One question of the step and the student's answers to it."""
+
+    position: int  # in the run's data order (global: the same on every world size)
+    question: Question
+    rollouts: list[Rollout]
+    rubric: Rubric | None
+
+
+def main(config: TrainConfig, *, resume: bool = False) -> Path:
+    """Train for `config.steps` optimizer steps (continuing the latest checkpoint with `resume`)."""
+    dist = distributed.setup(config.device)
+    run_dir = Path(config.output_dir)
+    resume_from = ckpt.latest(run_dir) if resume else None
+    if dist.is_main:
+        _prepare_run_dir(run_dir, config, resume, resume_from)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    student = load_student(config, dist.device, resume_from)
+    optimizer = torch.optim.AdamW(
+        student.trainable,
+        lr=config.lr,
+        betas=config.adam_betas,
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    first_step, position = 0, 0
+    if resume_from is not None:
+        state = ckpt.load_state(resume_from, dist.rank)  # RNG states restored here
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        first_step, position = state.step, state.data_position
+    dist.broadcast_parameters(student.trainable)
+
+    questions = load_questions(config.data)[: config.data_limit]
+    order = DataOrder(len(questions), config.seed)
+    calls = ServiceCalls(config)
+    teacher_name = calls.check_teacher(
+        student.tokenizer, student.model.get_output_embeddings().weight.shape[0]
+    )
+    engine = _rollout_engine(config, student, dist, run_dir)
+    probe = Probe(config, student, calls, run_dir) if config.probe.data else None
+    logger = (
+        RunLogger(
+            run_dir,
+            total_steps=config.steps,
+            first_step=first_step,
+            tensorboard=config.tensorboard,
+            progress=config.progress,
+        )
+        if dist.is_main
+        else NullLogger()
+    )
+    if dist.is_main:
+        print(f"student {student.model_path} ({student.dtype_reason}); teacher {teacher_name}; run {run_dir}")
+    if probe is not None and first_step == 0:
+        probe.measure("before", dist)
+
+    def step_questions(step: int) -> list[tuple[int, Question]]:
+        """This rank's share of step `step`'s questions, with their global data positions."""
+        start = position + (step - first_step) * config.prompts_per_step
+        share = dist.share(config.prompts_per_step)
+        return [(start + i, questions[order.index(start + i)]) for i in share]
+
+    try:
+        rubrics_ahead: dict[int, list[Future[Rubric]]] = {}
+        for step in range(first_step, config.steps):
+            times: dict[str, float] = defaultdict(float)
+            step_started = time.perf_counter()
+            mine = step_questions(step)
+
+            # 1. rubrics: this step's were sent during the last one; send the next step's now
+            if step not in rubrics_ahead:
+                rubrics_ahead[step] = calls.fetch_rubrics([q for _, q in mine])
+            if config.overlap and step + 1 < config.steps:
+                rubrics_ahead[step + 1] = calls.fetch_rubrics([q for _, q in step_questions(step + 1)])
+            started = time.perf_counter()
+            rubrics = [f.result() for f in rubrics_ahead.pop(step)] or [None] * len(mine)
+            times["rubrics"] = time.perf_counter() - started
+
+            # 2. rollouts, group by group; each group goes to the teacher as soon as it exists
+            started = time.perf_counter()
+            groups: list[Group] = []
+            scoring: list[Future[Scored]] = []
+            student.model.eval()
+            for (pos, question), rubric in zip(mine, rubrics, strict=True):
+                prompt = student_prompt_ids(student.tokenizer, question.prompt_text)
+                params = SamplingParams(
+                    max_new_tokens=config.sampling.max_new_tokens,
+                    temperature=config.sampling.temperature,
+                    top_p=config.sampling.top_p,
+                    top_k=config.sampling.top_k,
+                    seed=_group_seed(config.seed, pos),
+                )
+                [rollouts] = engine.sample([prompt], params, n=config.rollouts_per_prompt)
+                groups.append(Group(pos, question, rollouts, rubric))
+                if config.overlap and calls.teacher is not None:
+                    scoring.append(calls.score(question, rubric, _ids(groups[-1])))
+            if not config.overlap and calls.teacher is not None:  # the baseline: score after sampling
+                scoring = [calls.score(g.question, g.rubric, _ids(g)) for g in groups]
+            student.model.train()
+            times["rollout"] = time.perf_counter() - started
+            local_tokens = sum(len(r.completion_ids) for g in groups for r in g.rollouts)
+            [global_tokens] = dist.sum([float(local_tokens)])
+
+            # 3. per group: teacher scores (waited for only if not there yet), student logits, loss, backward
+            sums: dict[str, float] = defaultdict(float)
+            for i, group in enumerate(groups):
+                started = time.perf_counter()
+                scored = scoring[i].result() if scoring else None
+                times["teacher_wait"] += time.perf_counter() - started
+                started = time.perf_counter()
+                loss, weight = _group_loss(config, student, group, scored, sums)
+                (loss * weight / max(global_tokens, 1.0)).backward()
+                times["student"] += time.perf_counter() - started
+
+            # 4. one optimizer step on the global average, then the rollout engine follows the new weights
+            started = time.perf_counter()
+            dist.sum_gradients(student.trainable)
+            if config.grad_clip is not None:
+                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(student.trainable, config.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            times["optimizer"] = time.perf_counter() - started
+            started = time.perf_counter()
+            engine.update(student.model)
+            times["update"] = time.perf_counter() - started
+            times["step"] = time.perf_counter() - step_started
+
+            done = step + 1
+            logger.log(done, _step_metrics(config, dist, sums, times, scheduler.get_last_lr()[0]))
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                state = ckpt.TrainerState(
+                    step=done,
+                    data_position=position + (done - first_step) * config.prompts_per_step,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                )
+                ckpt.save(
+                    ckpt.checkpoint_dir(run_dir, done),
+                    student.model,
+                    student.tokenizer,
+                    state,
+                    is_lora=student.is_lora,
+                    rank=dist.rank,
+                    barrier=dist.barrier,
+                )
+
+        if probe is not None:
+            probe.measure("after", dist)
+    finally:  # also when a step fails: worker threads, HTTP clients and the process group go
+        logger.close()
+        calls.close()
+        engine.close()
+        distributed.teardown()
+    if dist.is_main and config.plots:
+        plot_curves(run_dir)
+    if dist.is_main and probe is not None:
+        print(probe.write_report())
+    return run_dir
+
+
+def _rollout_engine(
+    config: TrainConfig, student: Student, dist: distributed.Dist, run_dir: Path
+) -> RolloutEngine:
+    """Sampling from the student's current weights: in this process (`hf`) or a vLLM server per rank."""
+    if config.rollout_engine == "hf":
+        return HfRollout(student.model, student.tokenizer)
+    from rcsd.trainer.rollout.vllm import VllmRollout
+
+    urls = config.services.rollout_urls
+    if len(urls) < dist.world_size:  # each rank loads its own adapter versions into its server
+        raise ValueError(f"rollout_engine=vllm needs one services.rollout_urls entry per rank, got {urls}")
+    engine = VllmRollout(
+        urls[dist.rank],
+        run_dir / "rollout-adapters" / f"rank{dist.rank}",
+        api_key=config.services.api_key,
+        timeout_s=config.services.deadline_s,
+    )
+    engine.update(student.model)  # a resumed run's adapter, not the bare base model
+    return engine
+
+
+class DataOrder:
+    """Position p of the run -> a question index: a fresh seeded permutation every epoch."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        if count == 0:
+            raise ValueError("no training questions: set `data` to one or more JSONL files")
+        self.count, self.seed = count, seed
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.count)
+        return int(np.random.default_rng([self.seed, epoch]).permutation(self.count)[offset])
+
+
+def _group_seed(seed: int, position: int) -> int:
+    """A group's sampling seed depends on the run's seed and its data position only (not the rank)."""
+    return int(np.random.default_rng([seed, position]).integers(2**31 - 1))
+
+
+def _ids(group: Group) -> list[list[int]]:
+    return [r.completion_ids for r in group.rollouts]
+
+
+def _group_loss(
+    config: TrainConfig, student: Student, group: Group, scored: Scored | None, sums: dict[str, float]
+) -> tuple[torch.Tensor, float]:
+    """The group's loss (a mean over its valid tokens) and its token count; adds its metrics to `sums`."""
+    completions = _ids(group)
+    pad_id = student.tokenizer.pad_token_id or 0
+    logits_B_T_V, ids_B_T, mask_B_T = completion_logits(
+        student.model, group.rollouts[0].prompt_ids, completions, pad_id
+    )
+    tokens = float(mask_B_T.sum())
+    sums["tokens"] += tokens
+    sums["rollouts"] += len(completions)
+    sums["truncated"] += sum(r.truncated for r in group.rollouts)
+    if config.method == "grpo":
+        logprobs_B_T = sampled_logprobs(logits_B_T_V, ids_B_T)
+        texts = student.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        rewards_B = torch.tensor([reward(text, group.question) for text in texts])
+        advantages_B = losses.group_advantages(rewards_B).to(logprobs_B_T.device)
+        loss, metrics = losses.grpo_loss(
+            logprobs_B_T, logprobs_B_T.detach(), advantages_B, mask_B_T, clip_eps=config.loss.grpo_clip_eps
+        )
+        sums["reward"] += float(rewards_B.sum())
+    else:
+        assert scored is not None
+        teacher = {k: v.to(logits_B_T_V.device) for k, v in to_padded_tensors([scored.response]).items()}
+        loss, metrics = _distillation_loss(config, logits_B_T_V, ids_B_T, teacher, mask_B_T)
+        with torch.no_grad():
+            student_lp_B_T = sampled_logprobs(logits_B_T_V.detach(), ids_B_T)
+            teacher_lp_B_T = teacher["teacher_logprobs_B_T"]
+            sums["kl_sampled"] += float(((student_lp_B_T - teacher_lp_B_T) * mask_B_T).sum())
+            sums["teacher_logprob"] += float((teacher_lp_B_T * mask_B_T).sum())
+        sums["teacher_tokens"] += scored.response.context_length + tokens
+        sums["teacher_latency"] += scored.latency_s
+        sums["teacher_calls"] += 1
+        sums["rubric_fallbacks"] += scored.context_mode != config.teacher.context_mode
+    for key, value in metrics.items():
+        if key != "tokens":
+            sums[f"loss_terms/{key}"] += value * tokens
+    return loss, tokens
+
+
+def _distillation_loss(
+    config: TrainConfig,
+    logits_B_T_V: torch.Tensor,
+    ids_B_T: torch.Tensor,
+    teacher: dict[str, torch.Tensor],
+    mask_B_T: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    settings = config.loss
+    if settings.name == "sampled_rkl":
+        return losses.sampled_rkl(
+            sampled_logprobs(logits_B_T_V, ids_B_T),
+            teacher["teacher_logprobs_B_T"],
+            mask_B_T,
+            advantage_clip=settings.advantage_clip,
+        )
+    topk = (logits_B_T_V, teacher["topk_ids_B_T_K"], teacher["topk_logprobs_B_T_K"], mask_B_T)
+    if settings.name == "topk_jsd":
+        return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau)
+    return losses.topk_fkl(*topk, tau=settings.tau, clip=settings.clip)
+
+
+def _step_metrics(
+    config: TrainConfig, dist: distributed.Dist, sums: dict[str, float], times: dict[str, float], lr: float
+) -> dict[str, float]:
+    """Sums over ranks turned into means; times are rank 0's (every rank waits for the slowest)."""
+    grad_norm = sums.pop("grad_norm", None)
+    keys = sorted(set(sums) | {"tokens", "rollouts", "truncated"})
+    total = dict(zip(keys, dist.sum([sums.get(k, 0.0) for k in keys]), strict=True))
+    tokens, rollouts = max(total["tokens"], 1.0), max(total["rollouts"], 1.0)
+    metrics = {
+        "loss": total.get("loss_terms/loss", 0.0) / tokens,
+        "lr": lr,
+        "rollout_tokens": total["tokens"],
+        "rollout_len_mean": total["tokens"] / rollouts,
+        "truncation_rate": total["truncated"] / rollouts,
+        "tokens_per_s": total["tokens"] / max(times["step"], 1e-9),
+        **{f"time/{k}": v for k, v in times.items()},
+    }
+    metrics.update({k: v / tokens for k, v in total.items() if k.startswith("loss_terms/")})
+    if grad_norm is not None:
+        metrics["grad_norm"] = grad_norm
+    if config.method == "grpo":
+        metrics["reward_mean"] = total["reward"] / rollouts
+    else:
+        metrics["kl_sampled"] = total["kl_sampled"] / tokens
+        metrics["teacher_logprob_mean"] = total["teacher_logprob"] / tokens
+        metrics["teacher_tokens"] = total["teacher_tokens"]
+        metrics["teacher_latency_s"] = total["teacher_latency"] / max(total["teacher_calls"], 1.0)
+        metrics["rubric_fallbacks"] = total["rubric_fallbacks"]
+    return metrics
+
+
+def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
+    warmup, steps = config.warmup_steps, config.steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.lr_schedule == "cosine":
+            progress = (step - warmup) / max(1, steps - warmup)
+            return 0.5 * (1.0 + float(np.cos(np.pi * min(progress, 1.0))))
+        return 1.0
+
+    return factor
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, resume_from: Path | None) -> None:
+    """Refuse to overwrite another run; save the config (printed too) with the run."""
+    if not resume and ckpt.latest(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume, or another output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = config.to_yaml()
+    print(text)
+    (run_dir / CONFIG_FILE).write_text(text)
+    if resume:
+        print(
+            f"resuming from {resume_from}"
+            if resume_from
+            else f"--resume: no checkpoint in {run_dir}, starting"
+        )
