@@ -86,10 +86,11 @@ async def test_a_huge_body_is_refused_while_a_small_request_is_answered(teacher_
     assert declared.status_code == 413 and "Content-Length" in declared.json()["error"]["message"]
 
 
-async def test_a_disconnected_request_frees_its_engine_work(teacher_servers):
-    """A client that times out closes the connection; the hf worker stops between windows and the
-    slot is given back long before the work would have finished (compared with a quarter of it)."""
-    server = teacher_servers["hf"]
+async def test_a_disconnected_request_frees_its_engine_work(teacher):
+    """A client that times out closes the connection; the work is cancelled (hf: the worker stops
+    between forwards; vLLM: its requests are aborted) and the slot is given back long before the
+    work would have finished (compared with a quarter of it)."""
+    server = teacher
     heavy = group("none", [[5] * 2000] * 32, top_k=32)
     quarter = group("none", [[5] * 2000] * 8, top_k=32)
     async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
@@ -137,3 +138,8 @@ async def test_admission_by_tokens(tiny_model_dir, tmp_path):
     assert "max_tokens_in_flight 15000" in too_big.json()["error"]["message"]
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert order.index("small") < order.index("second"), order
+
+
+def test_info_names_the_body_and_token_limits(teacher_servers):
+    limits = httpx.get(f"{teacher_servers['hf'].url}/v1/info").json()["limits"]
+    assert limits["max_body_bytes"] == 16 * 2**20 and limits["max_tokens_in_flight"] == 1_048_576
