@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -72,12 +73,18 @@ def test_hashes_are_cached_by_path_mtime_and_size(adapters, cache_dir, tmp_path)
 
 
 def test_hub_ids_need_a_concrete_commit(tmp_path, monkeypatch):
+    import huggingface_hub
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert model_revision("org/model", COMMIT) == COMMIT
     with pytest.raises(UnresolvedRevision, match="pass --revision"):
-        model_revision("org/model", None)
+        model_revision("org/model", None)  # not cached, and the Hub cannot be asked
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "model_info", lambda self, repo, revision: SimpleNamespace(sha="f" * 40)
+    )
+    assert model_revision("org/model", "main") == "f" * 40  # resolved by the Hub
     repo = tmp_path / "hub" / "models--org--model"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(COMMIT)

@@ -7,8 +7,9 @@ store's key, the vLLM merged-adapter folder), so it must change whenever the wei
   Hashing is streamed and remembered in a small JSON cache keyed by path, mtime and size, so
   a restart re-reads nothing that did not change;
 - a Hugging Face model id is identified by its commit: the `revision` given if it is one,
-  else the commit that the local HF cache resolves it to (offline). If neither, the service
-  refuses to start: "main" names different weights from one day to the next.
+  else the commit that the local HF cache resolves it to, else the one the Hub resolves it to
+  (a merged adapter is named before the base is downloaded). If none, the service refuses to
+  start: "main" names different weights from one day to the next.
 """
 
 from __future__ import annotations
@@ -61,15 +62,24 @@ def folder_fingerprint(path: str) -> str:
 def _hub_commit(model: str, revision: str | None) -> str:
     if revision and _COMMIT.match(revision):
         return revision
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     found = try_to_load_from_cache(model, "config.json", revision=revision)
     if isinstance(found, str):  # .../models--org--name/snapshots/<commit>/config.json
         return Path(found).parent.name
+    try:
+        commit = HfApi().model_info(model, revision=revision).sha
+    except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as exc:
+        cause = f"{type(exc).__name__}: {exc}"
+    else:
+        if commit:
+            return commit
+        cause = "the Hub named no commit"
     raise UnresolvedRevision(
         f"model {model!r} is neither a local folder nor in the local Hugging Face cache at revision "
-        f"{revision or 'main'!r}, so the weights it names cannot be pinned: pass --revision <commit sha> "
-        "or a local folder"
+        f"{revision or 'main'!r}, and the Hub did not resolve it ({cause}), so the weights it names "
+        "cannot be pinned: pass --revision <commit sha> or a local folder"
     )
 
 
