@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench-teacher bench-rubric clean
+.PHONY: setup test lint demo bench-teacher bench-rubric reliability clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,13 @@ test: setup
 
 demo: setup
 	$(PY) -m rcsd.services.cli demo
+
+# The long reliability suites (tests/reliability, figures in docs/reliability.md): fuzzing 300 cases per
+# operation and 64 clients per service; `make test` runs their short versions, the faults and security checks.
+reliability: setup
+	@echo "machine: $$($(PY) -m rcsd.models.dtype)"
+	bash deploy/ensure_postgres.sh
+	$(VENV)/bin/pytest -q -s -m reliability tests/reliability
 
 bench-teacher: setup
 	$(PY) bench/teacher_throughput.py

@@ -15,9 +15,11 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,6 +116,25 @@ class PostgresServer:
     def pg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run one of the server's tools as the server's OS user."""
         return _run_as([str(self.bindir / args[0]), *args[1:]], self.os_user, cwd=self.root, check=check)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would (its backends exit when they notice it gone)."""
+        pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+
+    def restart(self, timeout_s: float = 60) -> None:
+        """Start again on the same data and port after `kill`: crash recovery runs first. Retried
+        while the dead server's backends still hold its shared memory."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            started = self.pg(
+                "pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start", check=False
+            )  # fmt: skip
+            if started.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not restart ({started.stderr}):\n{self.log_tail()}")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         if self.datadir.exists():

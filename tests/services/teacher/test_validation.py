@@ -44,7 +44,13 @@ def _bad_cases() -> list[tuple[str, dict, str, str]]:
         ),
         ("unknown field", group("none", [[1]], top_p=0.9), "top_p", "xtra"),
         ("rationale without privileged context", group("none", [[1]], rationale="hint"), "rationale", "none"),
-        ("zero temperature", group("none", [[1]], temperature=0), "temperature", "greater than 0"),
+        (
+            "zero temperature",
+            group("none", [[1]], temperature=0),
+            "temperature",
+            "greater than or equal to 0.001",
+        ),
+        ("tiny temperature", group("none", [[1]], temperature=1e-210), "temperature", "0.001"),
     ]
 
 

@@ -38,7 +38,8 @@ class TeacherRequest(WireModel):
     context_mode: ContextMode = "rubric+reference"
     completions: list[list[int]] = Field(min_length=1)
     top_k: int = Field(default=0, ge=0)
-    temperature: float = Field(default=1.0, gt=0.0, le=10.0)
+    # Bounded below: logits / 1e-210 overflow to inf and every log-prob came back NaN (found by fuzzing).
+    temperature: float = Field(default=1.0, ge=1e-3, le=10.0)
     return_context_ids: bool = False
 
     @model_validator(mode="after")

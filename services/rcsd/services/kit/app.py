@@ -25,6 +25,7 @@ from rcsd.services.kit.body_limit import BodyLimit
 from rcsd.services.kit.errors import (
     ServiceError,
     error_response,
+    error_responses,
     internal_error_response,
     register_error_handlers,
 )
@@ -34,6 +35,7 @@ from rcsd.services.kit.settings import ServiceSettings
 
 log = logging.getLogger("rcsd.app")
 OPEN_PATHS = frozenset({"/health", "/ready"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 class LoadedService(Protocol):
@@ -129,10 +131,16 @@ def create_service_app(
     register_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: after auth
 
+    open_paths = (
+        OPEN_PATHS
+        | (DOCS_PATHS if settings.open_docs else set())
+        | ({"/metrics"} if settings.open_metrics else set())
+    )
+
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         key = settings.api_key
-        if key is not None and request.url.path not in OPEN_PATHS:
+        if key is not None and request.url.path not in open_paths:
             given = request.headers.get("authorization", "")
             expected = f"Bearer {key.get_secret_value()}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -178,7 +186,7 @@ def create_service_app(
         status = state.status()
         return JSONResponse(Health(status=status).model_dump(), status_code=200 if status == "ok" else 503)
 
-    @app.get("/v1/info", response_model=ServiceInfo)
+    @app.get("/v1/info", response_model=ServiceInfo, responses=error_responses(401, 413, 503))
     async def info() -> ServiceInfo:
         info = state.ready_service().info()
         limits = {

@@ -6,6 +6,7 @@ Anything a client sent wrong becomes a 4xx naming the field; only our own bugs a
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +43,34 @@ class ServiceError(Exception):
 def invalid(field: str, message: str) -> ServiceError:
     """A 422 for a request field that breaks a limit."""
     return ServiceError(422, f"{field}: {message}", type="invalid_request", field=field)
+
+
+# What each error status means on these services; the routes declare them in their OpenAPI
+# (`responses=error_responses(...)`), so the spec names every status a client can really get.
+ERROR_MEANINGS = {
+    400: "the body could not be read (not UTF-8 JSON)",
+    401: "missing or wrong bearer API key",
+    404: "no such resource",
+    413: "the body is over max_body_bytes, or the request needs more tokens than max_tokens_in_flight",
+    422: "a field breaks the schema or a limit; `error.field` names it",
+    429: "admission queue full: retry after Retry-After seconds, or on another replica",
+    503: "engine loading, failed or dead, or a generation lock held elsewhere (Retry-After when waiting helps)",
+    507: "the rubric store's disk is full",
+}
+SERVICE_ERRORS = (400, 401, 413, 422, 429, 503)  # what a route taking a body and doing work can answer
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these statuses (default `SERVICE_ERRORS`), all in the one error format."""
+    return {
+        code: {
+            "model": ErrorResponse,
+            "description": ERROR_MEANINGS[code],
+            **({"headers": _RETRY_AFTER} if code in (429, 503) else {}),
+        }
+        for code in codes or SERVICE_ERRORS
+    }
 
 
 def error_response(

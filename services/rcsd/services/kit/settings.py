@@ -34,6 +34,9 @@ class ServiceSettings(BaseSettings):
     seed: int = 0
     # operations
     api_key: SecretStr | None = Field(default=None, description="require `Authorization: Bearer <key>`")
+    # With an API key, only /health and /ready are open unless these open more.
+    open_docs: bool = Field(default=False, description="with an API key: /docs and /openapi.json need none")
+    open_metrics: bool = Field(default=False, description="with an API key: /metrics needs none")
     max_concurrency: int = Field(default=8, ge=1, description="requests worked on at once")
     max_tokens_in_flight: int = Field(
         default=1_048_576,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+import sqlite3
+
+import psycopg
+import psycopg_pool
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from rcsd.services.engines.loader import load_engine
 from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.app import create_service_app
+from rcsd.services.kit.errors import error_response
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.settings import ServiceSettings
 from rcsd.services.rubric.routes import router
@@ -28,5 +35,22 @@ async def load_rubrics(
     return RubricService(engine, store, settings, metrics, admission)
 
 
+log = logging.getLogger("rcsd.rubric")
+STORE_ERRORS = (sqlite3.OperationalError, psycopg.OperationalError, psycopg_pool.PoolTimeout)
+
+
 def create_app(settings: RubricSettings) -> FastAPI:
-    return create_service_app(name="rubric", settings=settings, load=load_rubrics, routers=[router])
+    app = create_service_app(name="rubric", settings=settings, load=load_rubrics, routers=[router])
+
+    async def store_failed(_: Request, exc: Exception) -> JSONResponse:
+        """The store failing is no bug of ours and no fault of the request: 507 while its disk is full,
+        else 503 with Retry-After (the database restarting, unreachable, or locked for too long)."""
+        log.error("rubric store failed: %s", exc)
+        if "full" in str(exc):  # SQLite's SQLITE_FULL: "database or disk is full"
+            return error_response(507, "store_full", f"the rubric store is full: {exc}")
+        headers = {"Retry-After": str(settings.retry_after_s)}
+        return error_response(503, "unavailable", f"the rubric store is unavailable: {exc}", headers=headers)
+
+    for error in STORE_ERRORS:
+        app.add_exception_handler(error, store_failed)
+    return app

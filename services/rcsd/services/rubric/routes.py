@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from rcsd.client.protocol import (
-    ErrorResponse,
     RubricBatchRequest,
     RubricBatchResponse,
     RubricRequest,
@@ -15,10 +14,10 @@ from rcsd.client.protocol import (
 )
 from rcsd.services.kit.app import state_of
 from rcsd.services.kit.disconnect import unless_disconnected
+from rcsd.services.kit.errors import error_responses
 from rcsd.services.rubric.service import RubricService
 
-router = APIRouter(tags=["rubric"])
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 422, 429, 503)}
+router = APIRouter(tags=["rubric"], responses=error_responses(401, 413, 503))
 
 
 def get_rubrics(request: Request) -> RubricService:
@@ -31,7 +30,7 @@ Rubrics = Annotated[RubricService, Depends(get_rubrics)]
 @router.post(
     "/rubrics",
     response_model=RubricResponse,
-    responses=ERRORS,
+    responses=error_responses(400, 422, 429, 507),
     summary="The rubric for a question: from the store, or generated once and stored",
 )
 async def create_rubric(body: RubricRequest, request: Request, rubrics: Rubrics) -> RubricResponse:
@@ -41,7 +40,7 @@ async def create_rubric(body: RubricRequest, request: Request, rubrics: Rubrics)
 @router.post(
     "/rubrics/batch",
     response_model=RubricBatchResponse,
-    responses=ERRORS,
+    responses=error_responses(400, 422, 429, 507),
     summary="Rubrics for many questions in one call (results in request order)",
 )
 async def create_rubrics(body: RubricBatchRequest, request: Request, rubrics: Rubrics) -> RubricBatchResponse:
@@ -51,7 +50,7 @@ async def create_rubrics(body: RubricBatchRequest, request: Request, rubrics: Ru
 @router.get(
     "/rubrics/{rubric_id}",
     response_model=RubricResponse,
-    responses={404: {"model": ErrorResponse}},
+    responses=error_responses(404, 422),
     summary="A stored rubric by id",
 )
 async def read_rubric(rubric_id: str, rubrics: Rubrics) -> RubricResponse:

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from rcsd.client.protocol import (
     MSGPACK_MEDIA_TYPE,
-    ErrorResponse,
     TeacherBatchRequest,
     TeacherBatchResponse,
     TeacherRequest,
@@ -16,11 +15,11 @@ from rcsd.client.protocol import (
 )
 from rcsd.services.kit.app import state_of
 from rcsd.services.kit.disconnect import unless_disconnected
+from rcsd.services.kit.errors import error_responses
 from rcsd.services.kit.responses import negotiated
 from rcsd.services.teacher.service import TeacherService
 
-router = APIRouter(tags=["teacher"])
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 422, 429, 503)}
+router = APIRouter(tags=["teacher"], responses=error_responses())
 BINARY = {"content": {MSGPACK_MEDIA_TYPE: {}}}
 
 
@@ -34,7 +33,7 @@ Teacher = Annotated[TeacherService, Depends(get_teacher)]
 @router.post(
     "/teacher_logprobs",
     response_model=TeacherResponse,
-    responses={**ERRORS, 200: BINARY},
+    responses={200: BINARY},
     summary="Score one prompt group's completions under the teacher's privileged context",
 )
 async def teacher_logprobs(body: TeacherRequest, request: Request, teacher: Teacher) -> Response:
@@ -44,7 +43,7 @@ async def teacher_logprobs(body: TeacherRequest, request: Request, teacher: Teac
 @router.post(
     "/teacher_logprobs/batch",
     response_model=TeacherBatchResponse,
-    responses={**ERRORS, 200: BINARY},
+    responses={200: BINARY},
     summary="Score many prompt groups in one call (results in request order)",
 )
 async def teacher_logprobs_batch(body: TeacherBatchRequest, request: Request, teacher: Teacher) -> Response:
