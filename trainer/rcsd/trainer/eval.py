@@ -42,9 +42,7 @@ class SetResult:
     temperature: float
     n: int
     questions: int
-    accuracy: (
-        float  # greedy: share right; sampled: pass@1, the mean over questions of the share of right samples
-    )
+    accuracy: float  # greedy: the share right; sampled: pass@1, the mean share of right samples per question
     no_answer: float
     truncated: float
     mean_completion_tokens: float
@@ -131,11 +129,9 @@ def load_model(model: str, adapter: str | None, dtype: str, device: str) -> tupl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rcsd.models.dtype import choose_dtype
+    from rcsd.trainer.student import resolve_model
 
-    if model == "default":
-        from rcsd.models.default import prepare_default_model
-
-        model = str(prepare_default_model())
+    model = resolve_model(model)
     choice = choose_dtype(dtype, device)
     torch_dtype: Any = "auto" if choice.dtype == "auto" else getattr(torch, choice.dtype)
     tokenizer = AutoTokenizer.from_pretrained(model)
