@@ -336,7 +336,9 @@ def _step_metrics(
         "tokens_per_s": total["tokens"] / max(times["step"], 1e-9),
         **{f"time/{k}": v for k, v in times.items()},
     }
-    metrics.update({k: v / tokens for k, v in total.items() if k.startswith("loss_terms/")})
+    metrics.update(
+        {k: v / tokens for k, v in total.items() if k.startswith("loss_terms/") and k != "loss_terms/loss"}
+    )
     if grad_norm is not None:
         metrics["grad_norm"] = grad_norm
     if config.method == "grpo":
