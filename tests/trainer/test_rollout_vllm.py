@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
 from rcsd.services.launch import free_port, wait_until_ok
+from rcsd.trainer.eval import main as eval_main
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout import HfRollout, SamplingParams
 from rcsd.trainer.rollout.vllm import VllmRollout
@@ -88,3 +90,36 @@ def test_follows_the_weights_and_equals_hf_greedy(vllm_server: str, tiny_model_d
     finally:
         vllm.close()
     assert not list((tmp_path / "adapters").iterdir())
+
+
+def test_rcsd_eval_through_vllm_equals_hf(vllm_server: str, tiny_model_dir: Path, tmp_path: Path):
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=LORA_RANK, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    data = tmp_path / "questions.jsonl"
+    rows = [
+        {
+            "id": f"q-{i}",
+            "source": "test",
+            "subject": "physics",
+            "answer_type": "numeric",
+            "question": q,
+            "answer": "1",
+        }
+        for i, q in enumerate(QUESTIONS)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter"), "--data", str(data),
+              "--max-new-tokens", "10", "--dtype", "float32", "--no-progress"]  # fmt: skip
+    reports = {}
+    for engine, extra in (("hf", []), ("vllm", ["--vllm-url", vllm_server])):
+        assert eval_main([*common, *extra, "--out", str(tmp_path / f"{engine}.json")]) == 0
+        reports[engine] = json.loads((tmp_path / f"{engine}.json").read_text())
+    texts = {
+        e: [q["samples"][0]["text"] for q in r["results"][0]["per_question"]] for e, r in reports.items()
+    }
+    assert texts["vllm"] == texts["hf"]
+    assert (tmp_path / "adapter").is_dir()  # a loaded adapter folder is not the engine's to delete

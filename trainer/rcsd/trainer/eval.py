@@ -4,7 +4,8 @@
     rcsd eval --model Qwen/Qwen3-1.7B --adapter runs/rcsd/checkpoints/step-000100/adapter \\
         --data ../shared/data/science/gpqa_diamond.jsonl --max-new-tokens 4096
 
-The student answers with its own prompt (`rcsd.trainer.prompts`), sampled by the hf rollout engine;
+The student answers with its own prompt (`rcsd.trainer.prompts`), sampled by the hf rollout engine
+(or, with --vllm-url, by a vLLM server: `rcsd.trainer.rollout.vllm`);
 answers are checked by `rcsd.trainer.answers`. For each set and temperature the report gives accuracy,
 the share of answers with nothing extractable, the share cut off at --max-new-tokens and the mean
 completion length; it prints a table and writes a JSON report with every question's answers.
@@ -157,6 +158,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rcsd eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a folder or HF id; 'default' is the bundled SmolLM2")
     parser.add_argument("--adapter", default=None, help="a peft LoRA adapter folder, merged into the model")
+    parser.add_argument(
+        "--vllm-url",
+        default=None,
+        help="sample from this vLLM OpenAI server (serving --model, with --enable-lora for --adapter)",
+    )
     parser.add_argument("--data", nargs="+", required=True, help="JSONL files or shipped set names")
     parser.add_argument("--temperature", type=float, nargs="+", default=[0.0], help="0 is greedy")
     parser.add_argument("--n", type=int, default=4, help="samples per question at temperature > 0")
@@ -174,11 +180,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def open_engine(args: argparse.Namespace, device: str) -> tuple[RolloutEngine, Any, str]:
+    """The rollout engine the arguments ask for, the tokenizer and where the dtype comes from."""
+    if args.vllm_url is None:
+        from rcsd.trainer.rollout.hf import HfRollout
+
+        model, tokenizer, dtype_reason = load_model(args.model, args.adapter, args.dtype, device)
+        return HfRollout(model, tokenizer, max_batch_size=args.batch_size), tokenizer, dtype_reason
+    from transformers import AutoTokenizer
+
+    from rcsd.trainer.rollout.vllm import VllmRollout
+    from rcsd.trainer.student import resolve_model
+
+    engine = VllmRollout(args.vllm_url)
+    if args.adapter:
+        engine.load_adapter(Path(args.adapter))
+    return (
+        engine,
+        AutoTokenizer.from_pretrained(resolve_model(args.model)),
+        f"the vLLM server at {args.vllm_url}",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
-
-    from rcsd.trainer.rollout.hf import HfRollout
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = EvalSettings(
@@ -191,15 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         template_version=args.template_version,
     )
     sets = {str(spec): load_questions([spec])[: args.limit] for spec in args.data}
-    model, tokenizer, dtype_reason = load_model(args.model, args.adapter, args.dtype, device)
-    engine = HfRollout(model, tokenizer, max_batch_size=args.batch_size)
-    results = [
-        evaluate_set(
-            engine, tokenizer, _set_name(spec), questions, temperature, settings, not args.no_progress
-        )
-        for spec, questions in sets.items()
-        for temperature in args.temperature
-    ]
+    engine, tokenizer, dtype_reason = open_engine(args, device)
+    try:
+        results = [
+            evaluate_set(
+                engine, tokenizer, _set_name(spec), questions, temperature, settings, not args.no_progress
+            )
+            for spec, questions in sets.items()
+            for temperature in args.temperature
+        ]
+    finally:
+        engine.close()
     out = args.out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {

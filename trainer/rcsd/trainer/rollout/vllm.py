@@ -9,7 +9,8 @@ and that sees the adapter folder (same machine, or a shared filesystem), started
 `HfRollout` does; its sampling defaults never apply, since every request sets them all).
 
 After every optimizer step `update(model)` saves the peft adapter into a fresh folder, loads it under a
-new name (`POST /v1/load_lora_adapter`) and unloads the previous one; `sample` asks
+new name (`POST /v1/load_lora_adapter`) and unloads the previous one (`load_adapter(folder)` serves a
+saved adapter, e.g. a checkpoint's, for `rcsd eval --vllm-url`); `sample` asks
 `POST /v1/completions` for that name with the prompt token ids and reads back the sampled token ids
 (`return_token_ids`), so nothing is decoded and encoded again. Each prompt is one request with its own
 seed (vLLM seeds the n samples of a request seed, seed + 1, ...), sent concurrently so the server
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,20 +47,21 @@ class VllmRollout:
     def __init__(
         self,
         url: str,
-        adapter_dir: Path,
+        adapter_dir: Path | None = None,
         *,
         api_key: str | None = None,
         timeout_s: float = 3600.0,
         max_concurrency: int = 64,
     ) -> None:
+        """`adapter_dir`: where `update` saves adapters (the server must see it); default a temp folder."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
-        self.adapter_dir = Path(adapter_dir)
-        self.adapter_dir.mkdir(parents=True, exist_ok=True)
+        self.adapter_dir = adapter_dir
         self.max_concurrency = max_concurrency
         self.base_model = self._served_base_model()
         self.model_name = self.base_model  # the base until the first update
-        self._adapter: Path | None = None
+        self._adapter: tuple[Path, bool] | None = None  # (folder, whether this engine wrote it)
+        self._prefix = f"student-{uuid.uuid4().hex[:8]}"  # trainers sharing a server never share a name
         self._version = 0
 
     def _served_base_model(self) -> str:
@@ -75,19 +78,32 @@ class VllmRollout:
             raise TypeError(
                 "vLLM rollouts follow a LoRA adapter; a fully fine-tuned student needs the hf rollout engine"
             )
-        self._version += 1
-        folder = Path(tempfile.mkdtemp(prefix=f"student-{self._version:06d}-", dir=self.adapter_dir))
+        if self.adapter_dir is None:
+            self.adapter_dir = Path(tempfile.mkdtemp(prefix="rcsd-adapters-"))
+        self.adapter_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{self._prefix}-", dir=self.adapter_dir))
         model.save_pretrained(folder)
-        name = f"student-{self._version}"
+        self._serve(folder, owned=True)
+
+    def load_adapter(self, folder: Path) -> None:
+        """Serve a saved peft adapter (e.g. a checkpoint's) from now on; its folder is left as it is."""
+        self._serve(Path(folder).resolve(), owned=False)
+
+    def _serve(self, folder: Path, owned: bool) -> None:
+        """Load `folder` under a new name, then unload (and delete, if ours) the adapter it replaces."""
+        self._version += 1
+        name = f"{self._prefix}-{self._version}"
         response = self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(folder)})
         if response.status_code != 200:
-            shutil.rmtree(folder, ignore_errors=True)
+            if owned:
+                shutil.rmtree(folder, ignore_errors=True)
             raise RuntimeError(f"vLLM refused adapter {folder}: {response.status_code} {response.text}")
-        previous, previous_folder = self.model_name, self._adapter
-        self.model_name, self._adapter = name, folder
-        if previous_folder is not None:
-            self.http.post("/v1/unload_lora_adapter", json={"lora_name": previous}).raise_for_status()
-            shutil.rmtree(previous_folder, ignore_errors=True)
+        previous_name, previous = self.model_name, self._adapter
+        self.model_name, self._adapter = name, (folder, owned)
+        if previous is not None:
+            self.http.post("/v1/unload_lora_adapter", json={"lora_name": previous_name}).raise_for_status()
+            if previous[1]:
+                shutil.rmtree(previous[0], ignore_errors=True)
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, n: int = 1) -> list[list[Rollout]]:
         def one(i: int) -> list[Rollout]:
@@ -124,10 +140,11 @@ class VllmRollout:
         ]
 
     def close(self) -> None:
-        """Unload this trainer's adapter, delete its folder, close the connection pool."""
+        """Unload this engine's adapter, delete its folder if this engine wrote it, close the connections."""
         try:
             if self._adapter is not None:
                 self.http.post("/v1/unload_lora_adapter", json={"lora_name": self.model_name})
-                shutil.rmtree(self._adapter, ignore_errors=True)
+                if self._adapter[1]:
+                    shutil.rmtree(self._adapter[0], ignore_errors=True)
         finally:
             self.http.close()
