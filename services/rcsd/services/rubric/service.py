@@ -24,14 +24,14 @@ from rcsd.client.protocol import (
     ServiceInfo,
     rubric_problems,
 )
+from rcsd.client.protocol.rubric_format import generation_schema, to_criteria
+from rcsd.models.prompts import chat_prompt_ids, designer_prompt_text, designer_template
 from rcsd.services.engines.base import Engine, GenerationParams
 from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.batch import checked, settle
 from rcsd.services.kit.errors import ServiceError, invalid
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.single_flight import SingleFlight
-from rcsd.services.kit.templates import TemplateSet
-from rcsd.services.rubric.generation_format import generation_schema, to_criteria
 from rcsd.services.rubric.settings import RubricSettings
 from rcsd.services.rubric.store import GenerationLockTimeout, RubricStore, StoredRubric, request_key
 
@@ -54,7 +54,7 @@ class RubricService:
         self.store = store
         self.settings = settings
         self.metrics = metrics
-        self.templates = TemplateSet("rcsd.services.rubric", settings.template_version)
+        designer_template(settings.template_version)  # a version without a designer prompt fails at start
         self.template_version = f"rubric-{settings.template_version}"
         self._generating: SingleFlight[tuple[StoredRubric, bool]] = SingleFlight()
 
@@ -190,18 +190,14 @@ class RubricService:
 
     def _prompt_ids(self, request: RubricRequest, prefix: str) -> list[int]:
         """The generation prompt, checked to leave room for `max_tokens` within max_model_len."""
-        text = self.templates.render(
-            "designer",
-            question=request.question,
-            reference_answer=request.reference_answer,
-            min_criteria=request.bounds.min_criteria,
-            max_criteria=request.bounds.max_criteria,
+        text = designer_prompt_text(
+            request.question,
+            request.reference_answer,
+            request.bounds.min_criteria,
+            request.bounds.max_criteria,
+            self.settings.template_version,
         )
-        tokenizer = self.engine.tokenizer
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        prompt_ids = list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        prompt_ids = chat_prompt_ids(self.engine.tokenizer, [{"role": "user", "content": text}])
         limit = self.engine.info.max_model_len
         if len(prompt_ids) + request.max_tokens > limit:
             raise invalid(
