@@ -56,6 +56,8 @@ class ServiceInfo(WireModel):
     backend: Literal["hf", "vllm"]
     model: ModelInfo
     template_version: str
+    # teacher: the template version each context_mode renders with (the one its answers carry)
+    templates: dict[str, str] = Field(default_factory=dict)
     limits: dict[str, int]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from rcsd.client.protocol.arrays import Float32Array1D, Float32Array2D, Int32Array1D, Int32Array2D
 from rcsd.client.protocol.batch import ItemFailed, ItemOk
@@ -15,9 +15,19 @@ from rcsd.client.protocol.limits import (
     MAX_RATIONALE_CHARS,
     MAX_REFERENCE_CHARS,
 )
+from rcsd.client.protocol.rubric import RubricBounds
 
-ContextMode = Literal["rubric", "rubric+reference", "reference", "none"]
-CONTEXT_MODES: tuple[str, ...] = ("rubric", "rubric+reference", "reference", "none")
+# Answer modes: the completion answers the question after the student's prompt. Rubric-writer modes
+# (Stage I): the completion is a rubric written after the rubric service's designer prompt.
+ContextMode = Literal[
+    "rubric", "rubric+reference", "reference", "none", "rubric_writer", "rubric_writer+reference_rubric"
+]
+CONTEXT_MODES: tuple[str, ...] = (
+    "rubric", "rubric+reference", "reference", "none", "rubric_writer", "rubric_writer+reference_rubric"
+)  # fmt: skip
+RUBRIC_WRITER_MODES: frozenset[str] = frozenset({"rubric_writer", "rubric_writer+reference_rubric"})
+MODES_SHOWING_RUBRIC: frozenset[str] = frozenset({"rubric", "rubric+reference"})
+MODES_SHOWING_REFERENCE: frozenset[str] = frozenset({"rubric+reference", "reference"})
 AUTO_RATIONALE = "auto"
 
 JSON_MEDIA_TYPE = "application/json"
@@ -29,6 +39,9 @@ class TeacherRequest(WireModel):
 
     `completions` are the student's token ids verbatim; they are never decoded and
     re-encoded. `rationale="auto"` asks the teacher to write its own rationale first.
+    In the rubric-writer modes the completions are rubrics the student wrote after the designer
+    prompt for (`question`, `reference_answer`, `rubric_bounds`), and `rubric_writer+reference_rubric`
+    shows the teacher `reference_rubric` too.
     """
 
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
@@ -36,17 +49,35 @@ class TeacherRequest(WireModel):
     rubric: list[Criterion] | None = Field(default=None, max_length=MAX_CRITERIA)
     rationale: str | None = Field(default=None, max_length=MAX_RATIONALE_CHARS)
     context_mode: ContextMode = "rubric+reference"
+    reference_rubric: list[Criterion] | None = Field(
+        default=None, max_length=MAX_CRITERIA, validate_default=True, description="rubric_writer modes"
+    )
+    rubric_bounds: RubricBounds = Field(
+        default_factory=RubricBounds,
+        description="rubric_writer modes: the bounds the designer prompt asked for",
+    )
     completions: list[list[int]] = Field(min_length=1)
     top_k: int = Field(default=0, ge=0)
     # Bounded below: logits / 1e-210 overflow to inf and every log-prob came back NaN (found by fuzzing).
     temperature: float = Field(default=1.0, ge=1e-3, le=10.0)
     return_context_ids: bool = False
 
+    @field_validator("reference_rubric")
+    @classmethod
+    def _reference_rubric_for_its_mode(
+        cls, value: list[Criterion] | None, info: ValidationInfo
+    ) -> list[Criterion] | None:
+        # a field validator (context_mode is validated before it), so that the 422 names this field
+        mode = info.data.get("context_mode")
+        if mode == "rubric_writer+reference_rubric" and not value:
+            raise ValueError(f"context_mode {mode!r} needs a non-empty reference_rubric")
+        return value
+
     @model_validator(mode="after")
     def _context_is_complete(self) -> TeacherRequest:
-        if "rubric" in self.context_mode and not self.rubric:
+        if self.context_mode in MODES_SHOWING_RUBRIC and not self.rubric:
             raise ValueError(f"context_mode {self.context_mode!r} needs a non-empty rubric")
-        if "reference" in self.context_mode and not self.reference_answer:
+        if self.context_mode in MODES_SHOWING_REFERENCE and not self.reference_answer:
             raise ValueError(f"context_mode {self.context_mode!r} needs a reference_answer")
         return self
 

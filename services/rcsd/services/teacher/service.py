@@ -10,6 +10,7 @@ from functools import partial
 
 from rcsd.client.protocol import (
     AUTO_RATIONALE,
+    RUBRIC_WRITER_MODES,
     CompletionScores,
     ItemFailed,
     ItemOk,
@@ -39,7 +40,9 @@ class TeacherService:
         self.settings = settings
         self.metrics = metrics
         self.context = TeacherContext(
-            TemplateSet("rcsd.services.teacher", settings.template_version), engine.tokenizer
+            TemplateSet("rcsd.services.teacher", settings.template_version),
+            engine.tokenizer,
+            settings.rubric_template_version,
         )
         self._rationales: OrderedDict[str, str] = OrderedDict()
         self._rationale_flight: SingleFlight[str] = SingleFlight()
@@ -60,6 +63,7 @@ class TeacherService:
             backend=self.engine.name,
             model=self.engine.info,
             template_version=self.context.version,
+            templates=self.context.versions(),
             limits=self.limits(),
         )
 
@@ -132,6 +136,8 @@ class TeacherService:
             )
         if request.rationale is not None and request.context_mode == "none":
             raise invalid(f"{prefix}rationale", "a rationale needs a privileged context_mode, not 'none'")
+        if request.rationale is not None and request.context_mode in RUBRIC_WRITER_MODES:
+            raise invalid(f"{prefix}rationale", "a rationale is for answer modes, not the rubric_writer ones")
         for i, completion in enumerate(request.completions):
             if not completion:
                 raise invalid(f"{prefix}completions.{i}", "empty completion (need at least 1 token id)")
@@ -213,7 +219,7 @@ class TeacherService:
             model_revision=info.revision,
             tokenizer_hash=info.tokenizer_hash,
             backend=self.engine.name,
-            template_version=self.context.version,
+            template_version=self.context.version_of(request.context_mode),
         )
 
     async def _auto_rationale(self, request: TeacherRequest) -> str:

@@ -13,6 +13,10 @@ class TeacherSettings(ServiceSettings):
 
     port: int = Field(default=8001, ge=0, le=65535)
     template_version: str = "v1"
+    rubric_template_version: str = Field(
+        default="v2",
+        description="the rubric writer's prompt the rubric_writer modes repeat (rubric service's)",
+    )
     max_top_k: int = Field(default=64, ge=0, le=1024)
     max_completions_per_group: int = Field(default=64, ge=1)
     max_groups_per_batch: int = Field(default=64, ge=1)
