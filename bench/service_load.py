@@ -2,8 +2,9 @@
 
 A real `rcsd serve` process (hf backend, tiny fp32 model). Phase "small": `--clients` clients each
 send `--requests` small requests (teacher: one group of 4 completions of 32 tokens; rubric: one of
-`--distinct` questions, generated once in a warm-up, then answered from the store). Phase "huge": the same again while one more
-client sends one huge batch (teacher: 32 groups of 16 x 256 tokens, the default per-request token limit; rubric: 16 new questions).
+`--distinct` questions, generated once in a warm-up, then answered from the store). Phase "huge":
+the same again while one more client sends one huge batch (`--huge`; teacher: 32 groups of 16 x 256
+tokens, the default per-request token limit; rubric: 16 new questions).
 Clients honour 429/503 like the rcsd client (wait Retry-After, send again), so every request
 should end in a 200. Reported: every status seen and whether each 429/503 carried Retry-After,
 throughput, p50/p99 latency of the small requests (to their final answer), and the service
@@ -73,7 +74,9 @@ def small_body(service: str, client: int, i: int, distinct: int) -> tuple[str, d
     return "/rubrics", request.model_dump(mode="json")
 
 
-def huge_body(service: str) -> tuple[str, dict]:
+def huge_body(service: str, size: int) -> tuple[str, dict]:
+    """Teacher: `size` groups of 16 x 256 tokens (32 is the default per-request token limit);
+    rubric: `size` new questions."""
     if service == "teacher":
         group = TeacherRequest(
             question="huge",
@@ -81,9 +84,10 @@ def huge_body(service: str) -> tuple[str, dict]:
             completions=[[(t % 900) + 1] * 256 for t in range(16)],
             top_k=8,
         )
-        return "/teacher_logprobs/batch", TeacherBatchRequest(groups=[group] * 32).model_dump(mode="json")
+        return "/teacher_logprobs/batch", TeacherBatchRequest(groups=[group] * size).model_dump(mode="json")
     requests = [
-        RubricRequest(question=f"Huge batch question {i}?", bounds=BOUNDS, max_tokens=1300) for i in range(16)
+        RubricRequest(question=f"Huge batch question {i}?", bounds=BOUNDS, max_tokens=1300)
+        for i in range(size)
     ]
     return "/rubrics/batch", RubricBatchRequest(requests=requests).model_dump(mode="json")
 
@@ -122,7 +126,7 @@ async def phase(url: str, args: argparse.Namespace, huge: bool) -> dict[str, obj
                 small.latencies_s.append(seconds)
 
     async def huge_client() -> None:
-        path, body = huge_body(args.service)
+        path, body = huge_body(args.service, args.huge)
         if (seconds := await send(http, path, body, big, args.deadline_s)) is not None:
             big.latencies_s.append(seconds)
 
@@ -180,6 +184,7 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=8, help="per client and phase")
     parser.add_argument("--distinct", type=int, default=4, help="rubric: distinct questions the clients ask")
+    parser.add_argument("--huge", type=int, default=None, help="teacher groups (32) or rubric questions (16)")
     parser.add_argument("--max-queue", type=int, default=16, help="small enough that some clients get 429")
     parser.add_argument("--max-concurrency", type=int, default=8)
     parser.add_argument("--deadline-s", type=float, default=600, help="give up on one request after this")
@@ -187,6 +192,7 @@ async def main() -> None:
     parser.add_argument("--url", default=None, help="load a running service instead (with --pid)")
     parser.add_argument("--pid", type=int, default=None, help="the running service's process id")
     args = parser.parse_args()
+    args.huge = args.huge or (32 if args.service == "teacher" else 16)
 
     if args.url is not None:
         ready_mb, small, mixed, peak_mb = await measure(args.url, args.pid, args)
@@ -227,6 +233,7 @@ async def main() -> None:
                 "requests_per_client": args.requests,
                 "max_queue": None if args.url else args.max_queue,  # a running service's own otherwise
                 "max_concurrency": None if args.url else args.max_concurrency,
+                "huge_size": args.huge,
                 "small_only": small["small"],
                 "small_beside_huge": mixed["small"],
                 "huge": mixed["huge"],

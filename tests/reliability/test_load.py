@@ -1,7 +1,8 @@
 """Load on each service (bench/service_load.py as it is run by hand): many concurrent clients, then the
 same beside one huge batch. Every request ends in a 200; the only refusals are 429/503, each with
 Retry-After; the huge batch is answered too; resident memory stays bounded.
-`make test` runs 16 clients x 2 requests per phase; `make reliability` 64 clients x 8.
+`make test` runs 16 clients x 2 requests per phase beside a small "huge" batch; `make reliability`
+64 clients x 8 beside the full one (32 teacher groups of 16 x 256 tokens; 16 new rubrics).
 """
 
 from __future__ import annotations
@@ -19,11 +20,21 @@ PEAK_GROWTH_MB = 1024  # the tiny model's service holds ~0.4 GiB when ready
 
 @pytest.mark.parametrize("service", ["teacher", "rubric"])
 def test_short_load(service, request):
-    """On the package's running service (max_queue 4: 16 clients meet 429s)."""
+    """On the package's running service (max_queue 4: 16 clients meet 429s), a small "huge" batch."""
     server = request.getfixturevalue(f"{service}_server")
-    check_load(
-        service, ["--clients", "16", "--requests", "2", "--url", server.url, "--pid", str(server.proc.pid)]
-    )
+    args = [
+        "--clients",
+        "16",
+        "--requests",
+        "2",
+        "--huge",
+        "4",
+        "--url",
+        server.url,
+        "--pid",
+        str(server.proc.pid),
+    ]
+    check_load(service, args)
 
 
 @pytest.mark.reliability
