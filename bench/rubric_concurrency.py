@@ -1,8 +1,8 @@
 """Rubric generation throughput: 32 concurrent requests vs. the same 32 one at a time.
 
 The rubric service on SmolLM2-135M-Instruct with the vLLM backend (continuous batching),
-a fresh SQLite store, and 32 distinct keys per phase (the five shipped demo questions with
-different seeds), so nothing is served from the store. Target: concurrent >= 3x rubrics/s.
+a fresh SQLite store, and 32 distinct keys per phase (the first five questions of the shipped
+training slice with different seeds), so nothing is served from the store. Target: concurrent >= 3x rubrics/s.
 
     .venv/bin/python bench/rubric_concurrency.py [--backend vllm] [--requests 32] [--max-tokens 768]
 
@@ -21,15 +21,15 @@ from pathlib import Path
 from rcsd.client import AsyncRubricClient, RubricBounds, RubricRequest
 from rcsd.models.default import prepare_default_model
 from rcsd.models.dtype import DTYPES, choose_dtype, cpu_capability, machine_summary
-from rcsd.services.demo.questions import load_questions
 from rcsd.services.launch import ServiceProcess
+from rcsd.trainer.data import load_questions
 
 
 def requests_for(count: int, first_seed: int, max_tokens: int, bounds: RubricBounds) -> list[RubricRequest]:
-    questions = load_questions()
+    questions = load_questions(["scibench_train"])[:5]
     return [
         RubricRequest(
-            question=q.question,
+            question=q.prompt_text,
             reference_answer=q.reference_answer,
             seed=first_seed + i,
             max_tokens=max_tokens,

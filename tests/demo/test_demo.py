@@ -1,8 +1,10 @@
-"""`rcsd demo` end to end on the tiny model: real service processes (hf), a real rubric store, twice.
+"""`rcsd demo` end to end on the tiny model: real service processes (hf), a real rubric store, real training.
 
-The first run generates and stores the rubrics; the second, with the same cache dir, must get them
-back `cached: true`. The teacher's `none` score is checked against an independent computation: the
-student's own log-probs of the answer it sampled, computed in the demo process.
+The same path as `make demo`, shrunk by the demo's own `key=value` overrides. The first run generates
+and stores the rubrics, evaluates, trains and reports; the second, with the same cache dir, gets every
+stored rubric back `cached: true`. Cross-checks: training found each question's rubric in the store
+(its per-step `rubric_fallbacks` count exactly the questions whose rubric failed), and the reported
+accuracy is the share of right answers recorded per question.
 """
 
 from __future__ import annotations
@@ -12,103 +14,108 @@ from pathlib import Path
 
 import pytest
 
-from rcsd.client.protocol import CONTEXT_MODES
 from rcsd.services.demo.run import main
 
 # The random tiny model only needs room for 2 criteria; its 4096 positions also bound the prompt.
-DEMO_ARGS = [
+TINY = [
     "--backend",
     "hf",
     "--dtype",
     "float32",
-    "--max-new-tokens",
-    "16",
-    "--min-criteria",
+    "--eval-sets",
+    "mmlu_physics_heldout",
+    "--eval-questions",
     "2",
-    "--max-criteria",
-    "2",
-    "--rubric-max-tokens",
-    "1100",
+    "--eval-max-new-tokens",
+    "8",
+    "steps=2",
+    "prompts_per_step=2",
+    "sampling.max_new_tokens=8",
+    "teacher.top_k=8",
+    "lora.r=4",
+    "lr=1e-2",
+    "probe.questions=2",
+    "probe.max_new_tokens=4",
+    "rubric.min_criteria=2",
+    "rubric.max_criteria=2",
 ]
+RUBRIC_TOKENS = "rubric.max_tokens=1100"
+PHASES = {"start services", "rubrics", "eval before", "train", "stop services", "eval after"}
 
 
-CROSS_RUN_TOLERANCE = 2e-3  # mean teacher log-prob of one answer, between two demo processes
-
-
-def _run(model_dir: Path, run_dir: Path, cache_dir: Path) -> tuple[dict, str]:
-    argv = [*DEMO_ARGS, "--model", str(model_dir), "--run-dir", str(run_dir), "--cache-dir", str(cache_dir)]
-    assert main(argv) == 0
-    md_path, json_path = run_dir / "summary.md", run_dir / "summary.json"
-    assert md_path.is_file() and json_path.is_file()
-    assert any(run_dir.glob("teacher-*.log")) and any(run_dir.glob("rubric-*.log"))
-    return json.loads(json_path.read_text()), md_path.read_text()
-
-
-def _section(markdown: str, question_id: str) -> str:
-    """The per-question part of summary.md, from its `## i. <id>` heading to the next."""
-    [section] = [
-        part for part in markdown.split("\n## ")[1:] if part.split("\n", 1)[0].split()[1] == question_id
+def _run(model_dir: Path, run_dir: Path, cache_dir: Path, *extra: str) -> tuple[dict, str]:
+    argv = [
+        *TINY,
+        *extra,
+        "--model",
+        str(model_dir),
+        "--run-dir",
+        str(run_dir),
+        "--cache-dir",
+        str(cache_dir),
     ]
-    return section
+    assert main(argv) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary, (run_dir / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, dict, str]:
+def two_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, dict]:
     cache_dir = tmp_path_factory.mktemp("demo-cache")
-    first, first_md = _run(tiny_model_dir, tmp_path_factory.mktemp("run1"), cache_dir)
-    second, second_md = _run(tiny_model_dir, tmp_path_factory.mktemp("run2"), cache_dir)
-    return first, first_md, second, second_md
+    first, first_md = _run(tiny_model_dir, tmp_path_factory.mktemp("run1"), cache_dir, RUBRIC_TOKENS)
+    second, _ = _run(tiny_model_dir, tmp_path_factory.mktemp("run2"), cache_dir, RUBRIC_TOKENS)
+    return first, first_md, second
 
 
-def test_every_mode_for_every_question_with_a_rubric(two_runs: tuple[dict, str, dict, str]) -> None:
-    first, first_md, _, _ = two_runs
-    assert first["backend"] == "hf"
-    assert {s["backend"] for s in first["services"].values()} == {"hf"}
+def test_one_run_does_the_whole_method(two_runs: tuple[dict, str, dict]) -> None:
+    first, report, _ = two_runs
     assert all("stopped cleanly" in s["exit"] for s in first["services"].values())
-    assert len(first["questions"]) == 5
-    with_rubric = [q for q in first["questions"] if q["rubric"]["error"] is None]
-    assert with_rubric, "the tiny model should manage a 2-criterion rubric"
-    for q in first["questions"]:
-        if q["rubric"]["error"] is None:
-            assert len(q["rubric"]["criteria"]) == 2 and q["rubric"]["cached"] is False
-            assert set(q["teacher_mean_logprob"]) == set(CONTEXT_MODES)
-        else:  # shown, not fatal: the modes that need a rubric are skipped
-            assert set(q["teacher_mean_logprob"]) == {"reference", "none"}
-            assert set(q["skipped_modes"]) == {"rubric", "rubric+reference"}
-        assert q["answer_token_ids"] and q["none_context_matches_student_prompt"] is True
-        assert q["teacher_mean_logprob"]["none"] == pytest.approx(q["student_mean_logprob"], abs=1e-4)
-        section = _section(first_md, q["id"])
-        for mode in CONTEXT_MODES:
-            value = q["teacher_mean_logprob"].get(mode)
-            assert f"| {mode} | {value:.3f} |" in section if value is not None else "skipped" in section
-    assert "| context mode | Q1 | Q2 | Q3 | Q4 | Q5 |" in first_md
+    assert set(first["phases_s"]) == PHASES and first["total_s"] > 0
+
+    rubrics = first["rubrics"]
+    assert len(rubrics) == 2 * 2 + 2  # every training question, then every probe question
+    made = [o for o in rubrics if o["error"] is None]
+    assert made, "the tiny model should manage a 2-criterion rubric"
+    assert all(len(o["criteria"]) == 2 and o["cached"] is False for o in made)
+
+    steps = first["steps"]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all(s["rollout_tokens"] > 0 and "kl_sampled" in s for s in steps)
+    failed_in_training = sum(o["error"] is not None for o in rubrics[:4])
+    assert sum(s["rubric_fallbacks"] for s in steps) == failed_in_training
+    assert set(first["probe"]) == {"before", "after"} and "topk_kl" in first["probe"]["after"]
+
+    train_dir = Path(first["config"]["output_dir"])
+    assert (train_dir / "metrics.jsonl").is_file() and (train_dir / "plots" / "loss.png").is_file()
+    for label in ("eval_before", "eval_after"):
+        [result] = first[label]["sets"]
+        assert result["questions"] == 2
+        right = sum(q["right"] for q in result["per_question"])
+        assert first[label]["accuracy"] == pytest.approx(right / 2)
+    for heading in (
+        "## What ran",
+        "## Accuracy on held-out",
+        "## Teacher-student divergence",
+        "## Time per phase",
+    ):
+        assert heading in report
+    assert "![loss](train/plots/loss.png)" in report
 
 
-def test_second_run_gets_the_stored_rubrics(two_runs: tuple[dict, str, dict, str]) -> None:
-    first, _, second, second_md = two_runs
-    for q1, q2 in zip(first["questions"], second["questions"], strict=True):
-        if q1["rubric"]["error"] is not None:
-            continue
-        assert q2["rubric"]["cached"] is True and q2["rubric"]["attempts"] == 0
-        assert q2["rubric"]["rubric_id"] == q1["rubric"]["rubric_id"]
-        assert q2["rubric"]["criteria"] == q1["rubric"]["criteria"]
-        # The same seed samples the same answer, and the teacher scores it alike, not bit for bit:
-        # another process may block its GEMMs differently, and the random tiny model's large weights
-        # amplify the rounding (5e-4 seen once). Exactness is checked within each run, above.
-        assert q2["answer_token_ids"] == q1["answer_token_ids"]
-        for mode in CONTEXT_MODES:
-            assert q2["teacher_mean_logprob"][mode] == pytest.approx(
-                q1["teacher_mean_logprob"][mode], abs=CROSS_RUN_TOLERANCE
-            )
-    assert "cached: true" in second_md
+def test_second_run_gets_the_stored_rubrics(two_runs: tuple[dict, str, dict]) -> None:
+    first, _, second = two_runs
+    for one, two in zip(first["rubrics"], second["rubrics"], strict=True):
+        if one["error"] is None:
+            assert two["cached"] is True and two["attempts"] == 0
+            assert (two["rubric_id"], two["criteria"]) == (one["rubric_id"], one["criteria"])
 
 
-def test_a_refused_rubric_is_shown_and_skipped(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """No prompt fits 4096 positions with 4096 new tokens: the service refuses (422), the demo goes on."""
-    argv = [*DEMO_ARGS, "--rubric-max-tokens", "4096", "--questions", "1", "--model", str(tiny_model_dir)]
-    assert main([*argv, "--run-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]) == 0
-    [q] = json.loads((tmp_path / "run" / "summary.json").read_text())["questions"]
-    assert "422" in q["rubric"]["error"] and q["rubric"]["criteria"] == []
-    assert set(q["teacher_mean_logprob"]) == {"reference", "none"}
-    assert q["skipped_modes"] == {"rubric": "no rubric", "rubric+reference": "no rubric"}
-    assert "| rubric | skipped (no rubric) |" in (tmp_path / "run" / "summary.md").read_text()
+def test_a_refused_rubric_falls_back_to_the_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """No prompt fits 4096 positions with 4096 new tokens: each item is refused alone (422), and the
+    training scores those questions with the reference-only context instead of stopping."""
+    refused = ["rubric.max_tokens=4096", "steps=1", "probe.data=[]", "--eval-questions", "1"]
+    summary, report = _run(tiny_model_dir, tmp_path / "run", tmp_path / "cache", *refused)
+    assert len(summary["rubrics"]) == 2
+    assert all("422" in o["error"] and o["criteria"] == [] for o in summary["rubrics"])
+    assert [s["rubric_fallbacks"] for s in summary["steps"]] == [2]
+    assert "2 failed" in report

@@ -4,7 +4,7 @@
     rcsd serve rubric  --backend hf   --model PATH_OR_ID [--store-url sqlite:///rubrics.db ...]
     rcsd prepare-model [--cache-dir DIR]
     rcsd rubrics export|import FILE --store-url URL
-    rcsd demo [--backend hf|vllm ...]  (`rcsd demo --help`)
+    rcsd demo [--backend hf|vllm ...] [key=value ...]  (RCSD end to end; `rcsd demo --help`)
 
 Service flags are the fields of the service's settings class (`--help` lists them);
 each can also come from an env var `RCSD_TEACHER_<FIELD>` / `RCSD_RUBRIC_<FIELD>`.
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "eval", help="evaluate a model on question sets (see `rcsd eval --help`)", add_help=False
     )
-    commands.add_parser(
-        "demo", help="both services on SmolLM2, end to end (see `rcsd demo --help`)", add_help=False
-    )
+    commands.add_parser("demo", help="RCSD end to end on SmolLM2 (see `rcsd demo --help`)", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":

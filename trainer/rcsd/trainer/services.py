@@ -24,7 +24,7 @@ from rcsd.client import (
     TeacherRequest,
     TeacherResponse,
 )
-from rcsd.trainer.config import TrainConfig
+from rcsd.trainer.config import RubricConfig, TrainConfig
 from rcsd.trainer.data import Question
 
 # Calls in flight at once per service and rank: enough to keep a replica's batcher fed.
@@ -44,6 +44,18 @@ class Scored:
     response: TeacherResponse
     latency_s: float
     context_mode: str  # what was asked (a refused rubric falls back to "reference")
+
+
+def rubric_request(settings: RubricConfig, question: Question) -> RubricRequest:
+    """A question's rubric request: the store keys on it, so a rubric asked for ahead is the one training gets."""
+    return RubricRequest(
+        question=question.prompt_text,
+        reference_answer=question.reference_answer,
+        bounds=RubricBounds(min_criteria=settings.min_criteria, max_criteria=settings.max_criteria),
+        temperature=settings.temperature,
+        seed=settings.seed,
+        max_tokens=settings.max_tokens,
+    )
 
 
 class ServiceCalls:
@@ -96,6 +108,11 @@ class ServiceCalls:
             completions=completions,
             top_k=self.config.teacher.top_k,
         )
+        return self.submit(request)
+
+    def submit(self, request: TeacherRequest) -> Future[Scored]:
+        """The teacher's scores of a prepared request, in a worker thread (Stage I builds its own)."""
+        assert self.teacher is not None
         return self._teacher_pool.submit(self._score, request)
 
     def close(self) -> None:
@@ -107,20 +124,12 @@ class ServiceCalls:
 
     def _rubric(self, question: Question) -> Rubric:
         assert self.rubrics is not None
-        settings = self.config.rubric
-        request = RubricRequest(
-            question=question.prompt_text,
-            reference_answer=question.reference_answer,
-            bounds=RubricBounds(min_criteria=settings.min_criteria, max_criteria=settings.max_criteria),
-            temperature=settings.temperature,
-            seed=settings.seed,
-            max_tokens=settings.max_tokens,
-        )
+        request = rubric_request(self.config.rubric, question)
         started = time.perf_counter()
         try:
             criteria: list[Criterion] | None = self.rubrics.generate(request).criteria
         except BadRequestError:
-            if settings.on_failure == "fail":
+            if self.config.rubric.on_failure == "fail":
                 raise
             criteria = None  # counted in the step's metrics (rubric_fallbacks)
         return Rubric(criteria, time.perf_counter() - started)

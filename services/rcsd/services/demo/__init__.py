@@ -1,1 +1,1 @@
-"""`rcsd demo`: both services on the embedded SmolLM2, end to end (see `run.py`)."""
+"""`rcsd demo`: RCSD end to end on the embedded SmolLM2: both services, rubrics, evaluation, training (see `run.py`)."""

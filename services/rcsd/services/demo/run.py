@@ -1,15 +1,16 @@
-"""`rcsd demo` (`make demo`): the teacher and rubric services working together, on this machine.
+"""`rcsd demo` (`make demo`): RCSD end to end on this machine, from nothing to a trained student and a report.
 
 1. prepare the embedded SmolLM2-135M-Instruct (once; later runs reuse it);
-2. start both services as real processes on loopback (`rcsd serve teacher|rubric`), logs in the run folder;
-3. get a rubric for each shipped science question from the rubric service (stored in the cache dir, so
-   a second run gets them back `cached: true`);
-4. sample one answer per question from the student (the same model, in this process, fixed seed);
-5. score each answer's token ids, verbatim, with the teacher under every context mode;
-6. stop the services (SIGTERM, wait) and write `runs/demo-<timestamp>/summary.md` and `summary.json`.
+2. start the teacher and rubric services as real processes on loopback (`rcsd serve`), logs in the run folder;
+3. ask the rubric service for a rubric per training and probe question (stored in the cache dir, so a
+   second run gets them back `cached: true`, and training finds them in the store);
+4. evaluate the student before training: greedy accuracy on a small held-out slice;
+5. train: a few RCSD steps through the trainer's `main(config)` (the shipped `smollm2_cpu.yaml` recipe,
+   shrunk), which calls both services over HTTP and measures its held-out probe before and after;
+6. stop the services (SIGTERM, wait), then evaluate the trained student (LoRA adapter) on the same slice;
+7. write `report.md` and `summary.json` into `runs/demo-<timestamp>/` (training's own folder is `train/`).
 
-A rubric the small model fails to generate (422 rubric_generation_failed) is shown and skipped: the
-modes that need it are skipped for that question, the rest of the demo goes on.
+    rcsd demo [--backend hf|vllm] [--dtype float32] [key=value ...]     # overrides of the training config
 """
 
 from __future__ import annotations
@@ -27,37 +28,26 @@ from typing import TypeVar
 import httpx
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import MofNCompleteColumn, Progress
 
-from rcsd.client import (
-    Criterion,
-    RcsdError,
-    RubricBounds,
-    RubricClient,
-    RubricRequest,
-    TeacherClient,
-    TeacherRequest,
-)
-from rcsd.client.protocol import CONTEXT_MODES
+from rcsd.client import BatchError, ItemError, RcsdError, RubricClient, RubricResponse
 from rcsd.models.dtype import DTYPES
 from rcsd.services.demo.processes import DemoService
-from rcsd.services.demo.questions import DemoQuestion, load_questions
-from rcsd.services.demo.student import Student
-from rcsd.services.demo.summary import DemoSummary, QuestionResult, RubricResult, print_summary
+from rcsd.services.demo.report import DemoReport, EvalSummary, RubricOutcome
+from rcsd.trainer import checkpoint as ckpt
+from rcsd.trainer.config import TrainConfig, load_config
+from rcsd.trainer.data import Question, load_questions
 
+RECIPE = "smollm2_cpu.yaml"
+# The recipe, shrunk to minutes on 2 cores: 4 steps of 4 questions, a 4-question probe.
+DEMO_OVERRIDES = ["steps=4", "prompts_per_step=4", "probe.questions=4", "probe.max_new_tokens=48"]
+EVAL_SETS = ("mmlu_physics_heldout", "mmlu_chemistry_heldout", "mmlu_biology_heldout")
 STORE_FILE = "demo-rubrics.db"
-# A 135M model keeps writing criteria (and repeating their titles) when allowed 25; with at most 6,
-# most of its rubrics pass the service's checks, and each takes seconds instead of minutes.
-DEFAULT_MIN_CRITERIA, DEFAULT_MAX_CRITERIA = 3, 6
-RUBRIC_TIMEOUT_S = 900.0  # one rubric, all its attempts, on a busy CPU
-TEACHER_TIMEOUT = httpx.Timeout(timeout=300.0, connect=5.0)
+RUBRICS_PER_REQUEST = 4  # a bar that moves; the requests go at once, so the service still batches them
+RUBRIC_TIMEOUT_S = 1800.0  # a batch of rubrics, every attempt, on a busy 2-core CPU
+# SmolLM2 writes a rubric that passes the checks on its first or second try, or rarely at all: more
+# attempts cost minutes on a CPU, and training falls back to the reference-only context without one.
+RUBRIC_ATTEMPTS = 2
 T = TypeVar("T")
 
 
@@ -67,8 +57,12 @@ def default_backend() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="rcsd demo", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="rcsd demo",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog=f"key=value overrides apply to the training config (rcsd.trainer.config, recipe {RECIPE}), "
+        "e.g. steps=8 rubric.max_criteria=4 teacher.context_mode=rubric",
     )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     parser.add_argument("--backend", choices=["hf", "vllm"], default=None, help="default: vllm if installed")
     parser.add_argument("--model", type=Path, default=None, help="a model folder (skips preparing SmolLM2)")
     parser.add_argument(
@@ -80,23 +74,181 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo-<timestamp>")
     parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="auto",
-        help="all models (auto: bfloat16 where the CPU has it natively, else float32)",
+        "--dtype", choices=DTYPES, default="auto", help="every model (auto: bfloat16 where the CPU has it)"
     )
-    parser.add_argument("--questions", type=int, default=None, help="use the first N shipped questions")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="length of a sampled answer")
-    parser.add_argument("--temperature", type=float, default=0.7, help="student sampling temperature")
-    parser.add_argument("--seed", type=int, default=0, help="question i is sampled with seed + i")
-    parser.add_argument("--min-criteria", type=int, default=DEFAULT_MIN_CRITERIA, help="rubric bounds")
-    parser.add_argument("--max-criteria", type=int, default=DEFAULT_MAX_CRITERIA, help="rubric bounds")
-    parser.add_argument("--rubric-max-tokens", type=int, default=1024, help="length limit of one rubric")
+    parser.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS), help="held-out sets (names/files)")
+    parser.add_argument("--eval-questions", type=int, default=8, help="the first N questions of each set")
+    parser.add_argument("--eval-max-new-tokens", type=int, default=128, help="length of an eval answer")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for a service")
-    args = parser.parse_args(argv)
-    if args.questions is not None and args.questions < 1:
-        parser.error("--questions must be at least 1")
-    return args
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started, console = time.perf_counter(), Console()
+    backend = args.backend or default_backend()
+    run_dir = (args.run_dir or _new_run_dir()).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = _store_path(args.cache_dir).resolve()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    phases: dict[str, float] = {}
+
+    def phase(number: int, title: str) -> None:
+        console.rule(f"[bold]{number}/7 {escape(title)}", align="left")
+
+    phase(1, "Preparing the model")
+    if args.model is None:
+        from rcsd.models.default import prepare_default_model
+
+        console.print("SmolLM2-135M-Instruct: converted once from the bundled GGUF, then reused")
+        model_dir, phases["prepare model"] = _timed(lambda: prepare_default_model(args.cache_dir))
+    else:
+        model_dir = args.model
+    model_dir = model_dir.resolve()
+    teacher, rubric = _services(backend, model_dir, args.dtype, store, run_dir)
+    config = _train_config(args, model_dir, teacher, rubric, run_dir)
+    report = DemoReport.start(run_dir, backend, model_dir, store, config, [teacher, rubric])
+    console.print(f"model {model_dir}, backend {backend}, run folder {run_dir}", markup=False)
+
+    try:
+        phase(2, "Starting the teacher and rubric services (real processes on loopback)")
+        _, phases["start services"] = _timed(lambda: _start(console, args, teacher, rubric))
+        phase(3, "Rubrics for the training and probe questions (from the store, or generated once)")
+        report.rubrics, phases["rubrics"] = _timed(lambda: _rubrics(console, config, rubric.url))
+        phase(4, "Evaluating the student before training")
+        report.eval_before, phases["eval before"] = _timed(lambda: _evaluate(args, model_dir, None))
+        phase(5, f"Training: {config.steps} RCSD steps through rcsd.trainer.train.main")
+        from rcsd.trainer.train import main as train
+
+        train_dir, phases["train"] = _timed(lambda: train(config))
+    except (RuntimeError, TimeoutError, RcsdError) as exc:  # a service did not start, or went away
+        console.print(f"[red]The demo stopped:[/red] {escape(str(exc))}")
+        return 1
+    finally:
+        phase(6, "Stopping the services (SIGTERM, then waiting for a clean exit)")
+        _, phases["stop services"] = _timed(lambda: [s.stop() for s in (teacher, rubric)])
+        for service in (teacher, rubric):
+            report.services[service.service]["exit"] = service.exit_status()
+            console.print(f"{service.service} service: {service.exit_status()}", markup=False)
+
+    console.print("Evaluating the trained student on the same questions")
+    report.eval_after, phases["eval after"] = _timed(lambda: _evaluate(args, model_dir, train_dir))
+    phase(7, "Report")
+    report.phases_s, report.total_s = phases, time.perf_counter() - started
+    md_path, _ = report.write()
+    report.print(console)
+    console.print(f"Wrote {md_path} (and summary.json; training's metrics and curves in {train_dir})")
+    return 0
+
+
+def _train_config(
+    args: argparse.Namespace, model_dir: Path, teacher: DemoService, rubric: DemoService, run_dir: Path
+) -> TrainConfig:
+    """The shipped CPU recipe, shrunk (DEMO_OVERRIDES, then the user's), pointed at this demo's services."""
+    forced = [
+        f"model={model_dir}",
+        f"dtype={args.dtype}",
+        f"services.teacher_urls=[{teacher.url}]",
+        f"services.rubric_urls=[{rubric.url}]",
+        f"output_dir={run_dir / 'train'}",
+    ]
+    config = load_config(RECIPE, [*DEMO_OVERRIDES, *args.overrides, *forced])
+    # One checkpoint, at the end; every question trained on has its rubric asked for ahead (phase 3).
+    update: dict[str, object] = {"checkpoint_every": config.steps}
+    if config.data_limit is None:
+        update["data_limit"] = config.steps * config.prompts_per_step
+    return config.model_copy(update=update)
+
+
+def _services(
+    backend: str, model_dir: Path, dtype: str, store: Path, run_dir: Path
+) -> tuple[DemoService, DemoService]:
+    common = ["--model", str(model_dir), "--dtype", dtype] + (
+        ["--kv-cache-gb", "1"] if backend == "vllm" else []
+    )
+    teacher = DemoService("teacher", backend, common, run_dir)
+    rubric_args = ["--store-url", f"sqlite:///{store}", "--max-attempts", str(RUBRIC_ATTEMPTS)]
+    rubric = DemoService("rubric", backend, [*common, *rubric_args], run_dir)
+    return teacher, rubric
+
+
+def _start(console: Console, args: argparse.Namespace, teacher: DemoService, rubric: DemoService) -> None:
+    """Both load their engines at once; the spinner says for how long."""
+    with console.status("loading both engines (vLLM on CPU takes a minute or two)"):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for future in [pool.submit(s.start, args.ready_timeout) for s in (teacher, rubric)]:
+                future.result()
+    for service in (teacher, rubric):
+        console.print(f"{service.service}: {service.url}, log {service.log_path}", markup=False)
+
+
+def _rubrics(console: Console, config: TrainConfig, url: str) -> list[RubricOutcome]:
+    """Every rubric training and its probe will ask for; a failed one is recorded, not fatal.
+
+    The requests are the trainer's own (`rubric_request`), so training finds them in the store. A
+    question whose rubric fails is trained with the reference-only context (`rubric.on_failure`).
+    """
+    from rcsd.trainer.services import rubric_request
+
+    questions = load_questions(config.data)[: config.data_limit]
+    questions += load_questions(config.probe.data)[: config.probe.questions]
+    chunks = [questions[i : i + RUBRICS_PER_REQUEST] for i in range(0, len(questions), RUBRICS_PER_REQUEST)]
+
+    def one_chunk(client: RubricClient, chunk: list[Question]) -> list[RubricResponse | ItemError | str]:
+        try:
+            return list(client.generate_batch([rubric_request(config.rubric, q) for q in chunk]))
+        except BatchError as exc:  # some items failed alone: the others' rubrics are kept
+            return exc.outcomes
+        except RcsdError as exc:
+            return [str(exc)] * len(chunk)
+
+    answers: dict[int, list[RubricResponse | ItemError | str]] = {}
+    with (
+        RubricClient(
+            url, timeout=httpx.Timeout(RUBRIC_TIMEOUT_S, connect=5.0), deadline=RUBRIC_TIMEOUT_S
+        ) as client,
+        ThreadPoolExecutor(max_workers=len(chunks)) as pool,
+        Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as progress,
+    ):
+        bar = progress.add_task("rubrics", total=len(questions))
+        futures = {pool.submit(one_chunk, client, chunk): i for i, chunk in enumerate(chunks)}
+        for future in as_completed(futures):  # the bar moves as each request is answered
+            answers[futures[future]] = future.result()
+            progress.advance(bar, len(answers[futures[future]]))
+    outcomes = [
+        RubricOutcome.of(question, answer)
+        for i, chunk in enumerate(chunks)
+        for question, answer in zip(chunk, answers[i], strict=True)
+    ]
+    for outcome in outcomes:
+        if outcome.error is not None:
+            console.print(f"[yellow]no rubric for {outcome.question_id}:[/yellow] {escape(outcome.error)}")
+    return outcomes
+
+
+def _evaluate(args: argparse.Namespace, model_dir: Path, train_dir: Path | None) -> EvalSummary:
+    """Greedy accuracy on the held-out slice: the base model, or with the run's final weights."""
+    from rcsd.trainer.eval import EvalSettings, evaluate_set, load_model
+    from rcsd.trainer.rollout.hf import HfRollout
+
+    model, adapter = str(model_dir), None
+    if train_dir is not None:
+        final = ckpt.latest(train_dir)
+        assert final is not None, f"training wrote no checkpoint in {train_dir}"
+        weights = ckpt.weights_dir(final)
+        model, adapter = (
+            (str(model_dir), str(weights)) if weights.name == ckpt.ADAPTER_DIR else (str(weights), None)
+        )
+    loaded, tokenizer, _ = load_model(model, adapter, args.dtype, "cpu")
+    settings = EvalSettings(max_new_tokens=args.eval_max_new_tokens)
+    engine = HfRollout(loaded, tokenizer, max_batch_size=settings.batch_size)
+    results = [
+        evaluate_set(
+            engine, tokenizer, Path(spec).stem, load_questions([spec])[: args.eval_questions], 0.0, settings
+        )
+        for spec in args.eval_sets
+    ]
+    return EvalSummary.of("trained" if train_dir is not None else "base", results)
 
 
 def _store_path(cache_dir: Path | None) -> Path:
@@ -119,257 +271,3 @@ def _timed(fn: Callable[[], T]) -> tuple[T, float]:
     started = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - started
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started, console = time.perf_counter(), Console()
-    started_at = datetime.now().astimezone().isoformat(timespec="seconds")
-    backend = args.backend or default_backend()
-    run_dir = (args.run_dir or _new_run_dir()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store = _store_path(args.cache_dir).resolve()
-    store.parent.mkdir(parents=True, exist_ok=True)
-    steps: dict[str, float] = {}
-
-    if args.model is None:
-        from rcsd.models.default import prepare_default_model
-
-        console.print("Preparing SmolLM2-135M-Instruct (converted once from the bundled GGUF, then reused)")
-        model_dir, steps["prepare model"] = _timed(lambda: prepare_default_model(args.cache_dir))
-    else:
-        model_dir = args.model
-    model_dir = model_dir.resolve()
-    questions = load_questions(args.questions)
-    results = [QuestionResult(q.id, q.source, q.subject, q.question, q.reference_answer) for q in questions]
-    console.print(f"Backend {backend}, model {model_dir}, run folder {run_dir}", markup=False)
-
-    teacher, rubric = _services(backend, model_dir, args.dtype, store, run_dir)
-    failures = 0
-    try:
-        with _progress(console) as progress:
-            student, steps["start services"] = _timed(
-                lambda: _start(progress, args, teacher, rubric, model_dir)
-            )
-            summary = _new_summary(args, backend, model_dir, run_dir, store, teacher, rubric, student)
-            summary.started_at = started_at
-            for name, info in summary.services.items():
-                console.print(
-                    f"{name} service: {info['url']}, backend {info['backend']}, log {info['log']}",
-                    markup=False,
-                )
-            _, steps["rubrics"] = _timed(lambda: _rubrics(progress, args, rubric.url, questions, results))
-            _, steps["sample answers"] = _timed(lambda: _sample(progress, args, student, questions, results))
-            failures, steps["teacher scoring"] = _timed(
-                lambda: _score(progress, teacher.url, student, questions, results)
-            )
-    except (RuntimeError, TimeoutError, RcsdError) as exc:  # a service did not start, or went away
-        console.print(f"[red]The demo stopped:[/red] {escape(str(exc))}")
-        return 1
-    finally:
-        with console.status("Stopping the services (SIGTERM, then waiting for a clean exit)"):
-            _, steps["stop services"] = _timed(lambda: [s.stop() for s in (teacher, rubric)])
-        for service in (teacher, rubric):
-            console.print(f"{service.service} service: {service.exit_status()}", markup=False)
-
-    for service in (teacher, rubric):
-        summary.services[service.service]["exit"] = service.exit_status()
-    summary.steps_s, summary.questions = steps, results
-    summary.total_s = time.perf_counter() - started
-    md_path, json_path = summary.write(run_dir)
-    print_summary(console, summary)
-    console.print(f"Wrote {md_path} and {json_path}", markup=False)
-    return 1 if failures else 0
-
-
-def _services(
-    backend: str, model_dir: Path, dtype: str, store: Path, run_dir: Path
-) -> tuple[DemoService, DemoService]:
-    common = ["--model", str(model_dir), "--dtype", dtype] + (
-        ["--kv-cache-gb", "1"] if backend == "vllm" else []
-    )
-    teacher = DemoService("teacher", backend, common, run_dir)
-    rubric = DemoService("rubric", backend, [*common, "--store-url", f"sqlite:///{store}"], run_dir)
-    return teacher, rubric
-
-
-def _start(
-    progress: Progress, args: argparse.Namespace, teacher: DemoService, rubric: DemoService, model: Path
-) -> Student:
-    """Both services load their engines while this process loads the student."""
-    task = progress.add_task("Starting the teacher and rubric services", total=3)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        starting = [pool.submit(service.start, args.ready_timeout) for service in (teacher, rubric)]
-        student = Student(model, dtype=args.dtype)
-        progress.advance(task)
-        for future in starting:
-            future.result()
-            progress.advance(task)
-    return student
-
-
-def _new_summary(
-    args: argparse.Namespace,
-    backend: str,
-    model_dir: Path,
-    run_dir: Path,
-    store: Path,
-    teacher: DemoService,
-    rubric: DemoService,
-    student: Student,
-) -> DemoSummary:
-    with TeacherClient(teacher.url, timeout=TEACHER_TIMEOUT) as client:
-        teacher_info = client.check_compatible(student.tokenizer)  # same tokenizer, or the ids mean nothing
-    with RubricClient(rubric.url) as client:
-        rubric_info = client.info()
-    services = {
-        process.service: {
-            "url": process.url,
-            "backend": info.backend,
-            "log": str(process.log_path),
-            "exit": "",
-        }
-        for process, info in ((teacher, teacher_info), (rubric, rubric_info))
-    }
-    return DemoSummary(
-        run_dir=str(run_dir),
-        backend=backend,
-        model=str(model_dir),
-        model_revision=teacher_info.model.revision,
-        rubric_store=str(store),
-        services=services,
-        template_versions={"teacher": teacher_info.template_version, "rubric": rubric_info.template_version},
-        settings={
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "seed": args.seed,
-            "criteria": f"{args.min_criteria}..{args.max_criteria}",
-            "rubric_max_tokens": args.rubric_max_tokens,
-        },
-    )
-
-
-def _rubrics(
-    progress: Progress,
-    args: argparse.Namespace,
-    url: str,
-    questions: list[DemoQuestion],
-    results: list[QuestionResult],
-) -> None:
-    """All at once, so the service batches them; a failed rubric is recorded, never raised."""
-    task = progress.add_task("Rubrics (from the store, or generated once)", total=len(questions))
-    bounds = RubricBounds(min_criteria=args.min_criteria, max_criteria=args.max_criteria)
-
-    def one(client: RubricClient, q: DemoQuestion) -> tuple[RubricResult, float]:
-        request = RubricRequest(
-            question=q.question,
-            reference_answer=q.reference_answer,
-            bounds=bounds,
-            max_tokens=args.rubric_max_tokens,
-        )
-        started = time.perf_counter()
-        try:
-            r = client.generate(request, request_id=f"demo-rubric-{q.id}")
-            rubric = RubricResult.of(r.rubric_id, r.criteria, r.cached, r.attempts)
-        except RcsdError as exc:
-            rubric = RubricResult(error=str(exc))
-        return rubric, time.perf_counter() - started
-
-    with RubricClient(
-        url,
-        timeout=httpx.Timeout(RUBRIC_TIMEOUT_S, connect=5.0),
-        deadline=2 * RUBRIC_TIMEOUT_S,
-        max_retries=2,
-    ) as client:
-        with ThreadPoolExecutor(max_workers=len(questions)) as pool:
-            futures = {
-                pool.submit(one, client, q): result for q, result in zip(questions, results, strict=True)
-            }
-            for future in as_completed(futures):
-                result = futures[future]
-                result.rubric, result.seconds["rubric"] = future.result()
-                progress.advance(task)
-                if result.rubric.error is not None:
-                    progress.console.print(
-                        f"[yellow]No rubric for {result.id}:[/yellow] {escape(result.rubric.error)}"
-                    )
-
-
-def _sample(
-    progress: Progress,
-    args: argparse.Namespace,
-    student: Student,
-    questions: list[DemoQuestion],
-    results: list[QuestionResult],
-) -> None:
-    task = progress.add_task("Sampling one answer per question (student, in-process)", total=len(questions))
-    for i, (q, result) in enumerate(zip(questions, results, strict=True)):
-        answer, result.seconds["sample"] = _timed(
-            lambda q=q, i=i: student.sample(
-                q.question,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                seed=args.seed + i,
-            )
-        )
-        result.answer_text, result.answer_token_ids = answer.text, answer.token_ids
-        result.student_mean_logprob = sum(answer.logprobs) / len(answer.logprobs) if answer.logprobs else None
-        progress.advance(task)
-
-
-def _score(
-    progress: Progress,
-    url: str,
-    student: Student,
-    questions: list[DemoQuestion],
-    results: list[QuestionResult],
-) -> int:
-    """One batch per question (its answer under each mode it can have); returns the failed questions."""
-    task = progress.add_task("Teacher scoring under every context mode", total=len(questions))
-    failures = 0
-    with TeacherClient(url, timeout=TEACHER_TIMEOUT) as client:
-        client.check_compatible(student.tokenizer)
-        for q, result in zip(questions, results, strict=True):
-            criteria = [Criterion.model_validate(c) for c in result.rubric.criteria] or None
-            modes = [m for m in CONTEXT_MODES if criteria is not None or "rubric" not in m]
-            result.skipped_modes = {m: "no rubric" for m in CONTEXT_MODES if m not in modes}
-            groups = [
-                TeacherRequest(  # each mode gets only the privileged material it shows the teacher
-                    question=q.question,
-                    reference_answer=q.reference_answer if "reference" in mode else None,
-                    rubric=criteria if "rubric" in mode else None,
-                    context_mode=mode,  # type: ignore[arg-type]
-                    completions=[result.answer_token_ids],
-                    return_context_ids=mode == "none",
-                )
-                for mode in modes
-            ]
-            started = time.perf_counter()
-            try:
-                responses = client.score_batch(groups, request_id=f"demo-score-{q.id}")
-            except RcsdError as exc:
-                failures += 1
-                result.skipped_modes.update({m: f"scoring failed: {exc}" for m in modes})
-                progress.console.print(f"[red]Scoring failed for {q.id}:[/red] {escape(str(exc))}")
-            else:
-                for mode, response in zip(modes, responses, strict=True):
-                    logprobs_T = response.completions[0].logprobs
-                    result.teacher_mean_logprob[mode] = float(logprobs_T.mean())
-                    result.context_lengths[mode] = response.context_length
-                    if response.context_ids is not None:
-                        prompt = student.prompt_ids(q.question)
-                        result.none_context_matches_student_prompt = response.context_ids == prompt
-            result.seconds["score"] = time.perf_counter() - started
-            progress.advance(task)
-    return failures
