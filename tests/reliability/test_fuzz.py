@@ -38,7 +38,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 TIMEOUT_S = 120  # a case not answered by then is a hang
-LONG = pytest.param(300, id="300-cases", marks=pytest.mark.reliability)
+LONG = pytest.param(300, id="300-cases", marks=[pytest.mark.reliability, pytest.mark.timeout(3600)])
 EXPECTED_OPERATIONS = {
     "teacher": {
         "GET /health",

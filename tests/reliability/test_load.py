@@ -38,6 +38,7 @@ def test_short_load(service, request):
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("service", ["teacher", "rubric"])
 def test_64_clients(service, tiny_model_dir):
     """A service of its own with the script's settings (max_queue 16)."""
