@@ -177,8 +177,11 @@ def create_service_app(
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health() -> JSONResponse:
-        """Alive unless the engine failed to load: then a restart is the only way forward."""
-        status = "failed" if state.load_error is not None else "ok"
+        """Alive unless the engine failed to load or died after loading: a restart is then the only way
+        forward, so liveness probes (compose, Kubernetes) must see it. Still loading is alive."""
+        status = state.status()
+        if status == "loading":
+            status = "ok"
         return JSONResponse(Health(status=status).model_dump(), status_code=200 if status == "ok" else 503)
 
     @app.get("/ready", response_model=Health, responses={503: {"model": Health}})
