@@ -25,6 +25,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from rcsd.services.cli import main as rcsd_main
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.compare import CompareConfig, load_compare_config
 from rcsd.trainer.compare_cli import main as compare_main
@@ -88,7 +89,7 @@ def _service_logs(out: Path) -> list[Path]:
 def test_compare_end_to_end_and_resume(tiny_model_dir, questions_file, tmp_path):
     out = tmp_path / "compare"
     config_path = _compare_yaml(tiny_model_dir, questions_file, out, tmp_path / "compare.yaml")
-    assert compare_main([str(config_path)]) == 0
+    assert rcsd_main(["compare", str(config_path)]) == 0  # through the `rcsd` command's dispatch
 
     rows = {row["arm"]: row for row in json.loads((out / "results.json").read_text())}
     assert list(rows) == ARMS

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported when used: `rcsd train` / `rcsd eval` run without the services' deps
     from rcsd.services.kit.settings import ServiceSettings
 
-TRAINER_COMMANDS = {"train": "train_main", "eval": "eval_main"}  # in rcsd.trainer.cli
+TRAINER_COMMANDS = {"train": "train_main", "eval": "eval_main", "compare": "compare_main"}  # rcsd.trainer.cli
 
 EXIT_LOAD_FAILED = 3  # `rcsd serve`: the engine did not load (the log says why)
 
@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("train", help="train a student (see `rcsd train --help`)", add_help=False)
     commands.add_parser(
         "eval", help="evaluate a model on question sets (see `rcsd eval --help`)", add_help=False
+    )
+    commands.add_parser(
+        "compare",
+        help="base, RCSD, OPSD, GRPO on one budget, with a report (`rcsd compare --help`)",
+        add_help=False,
     )
     commands.add_parser("demo", help="RCSD end to end on SmolLM2 (see `rcsd demo --help`)", add_help=False)
 

@@ -1,4 +1,4 @@
-"""`rcsd train` (and `rcsd eval`): the trainer's commands, dispatched from `rcsd` without the services.
+"""`rcsd train`, `rcsd eval`, `rcsd compare`: the trainer's commands, dispatched without the services.
 
     rcsd train CONFIG.yaml [key=value ...] [--resume]
     torchrun --nproc-per-node 2 -m rcsd.trainer.cli train CONFIG.yaml ...
@@ -30,6 +30,13 @@ def train_main(argv: list[str] | None = None) -> int:
 def eval_main(argv: list[str] | None = None) -> int:
     """`rcsd eval`: see `rcsd.trainer.eval`."""
     from rcsd.trainer.eval import main
+
+    return main(argv)
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    """`rcsd compare`: see `rcsd.trainer.compare_cli` (the services it starts need the services extra)."""
+    from rcsd.trainer.compare_cli import main
 
     return main(argv)
 

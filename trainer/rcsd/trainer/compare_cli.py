@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from rcsd.trainer.compare import LaunchConfig, ServiceNeeds, ServiceUrls
+if TYPE_CHECKING:  # rcsd.trainer.compare loads torch: main() sets the OpenMP wait policy first
+    from rcsd.trainer.compare import LaunchConfig, ServiceNeeds, ServiceUrls
 
 
 @contextlib.contextmanager
 def launch_services(launch: LaunchConfig, needs: ServiceNeeds) -> Iterator[ServiceUrls]:
     """The services `needs` asks for, as `rcsd serve` child processes on loopback, stopped on exit."""
     from rcsd.services.launch import ServiceProcess  # the services' extra: only when asked to launch
+    from rcsd.trainer.compare import ServiceUrls
     from rcsd.trainer.student import resolve_model
 
     common = ["--backend", launch.backend, "--model", resolve_model(needs.model), "--dtype", launch.dtype]
@@ -56,9 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="a comparison YAML, or the name of one in rcsd/trainer/configs/")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-path overrides")
     args = parser.parse_args(argv)
+    # Before torch loads: the student shares the machine with the services it started, and spinning
+    # OpenMP threads starve them all on a small CPU box.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # A SIGTERM unwinds like Ctrl-C, so the services started here are stopped (they run in their own
+    # session and would outlive the command otherwise).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        from rcsd.trainer.compare import load_compare_config, run_comparison
 
-    from rcsd.trainer.compare import load_compare_config, run_comparison
-
-    config = load_compare_config(args.config, args.overrides)
-    run_comparison(config, lambda needs: launch_services(config.services, needs))
+        config = load_compare_config(args.config, args.overrides)
+        run_comparison(config, lambda needs: launch_services(config.services, needs))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+if __name__ == "__main__":  # `python -m rcsd.trainer.compare_cli CONFIG ...`, the same as `rcsd compare`
+    sys.exit(main())
