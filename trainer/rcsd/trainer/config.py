@@ -18,7 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rcsd.client.protocol import ContextMode
+from rcsd.client.protocol import RUBRIC_WRITER_MODES, ContextMode
+from rcsd.client.protocol.teacher import MODES_SHOWING_RUBRIC
 
 SHIPPED_CONFIGS = "configs"  # folder inside rcsd.trainer: `rcsd train smollm2_cpu.yaml` finds it there
 API_KEY_ENV = "RCSD_API_KEY"
@@ -114,7 +115,9 @@ class TrainConfig(_Section):
     """One run: method, student, optimisation, sampling, loss, teacher, services, data, logging."""
 
     method: Literal["rcsd", "opsd", "grpo"] = "rcsd"
-    stage: Literal["reasoner"] = "reasoner"  # room for "rubric_generator" (Stage I)
+    # reasoner: Stage II, answers to `data` questions; rubric_generator: Stage I, rubrics for the reference
+    # rubrics' questions (`data`: reference-rubric files, or none for the shipped ones; rcsd.trainer.rubric_writing)
+    stage: Literal["reasoner", "rubric_generator"] = "reasoner"
     model: str = Field(default="default", description='a folder, a HF id, or "default" (bundled SmolLM2)')
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field(default="auto", description="cpu, cuda, or auto")
@@ -161,11 +164,23 @@ class TrainConfig(_Section):
             raise ValueError(f"loss {self.loss.name} needs the teacher's top-k: set teacher.top_k >= 1")
         if self.rubric.min_criteria > self.rubric.max_criteria:
             raise ValueError("rubric.min_criteria must not exceed rubric.max_criteria")
+        writer_mode = self.teacher.context_mode in RUBRIC_WRITER_MODES
+        if self.stage == "rubric_generator" and (self.method != "rcsd" or not writer_mode):
+            raise ValueError(
+                "stage rubric_generator is method rcsd with teacher.context_mode=rubric_writer+reference_rubric"
+                " (or rubric_writer, the teacher without the reference rubric)"
+            )
+        if self.stage == "rubric_generator" and self.teacher.rationale is not None:
+            raise ValueError("stage rubric_generator takes no teacher.rationale")
+        if self.stage == "reasoner" and writer_mode:
+            raise ValueError(
+                f"teacher.context_mode {self.teacher.context_mode} is for stage rubric_generator"
+            )
         return self
 
     @property
     def needs_rubrics(self) -> bool:
-        return self.method != "grpo" and "rubric" in self.teacher.context_mode
+        return self.method != "grpo" and self.teacher.context_mode in MODES_SHOWING_RUBRIC
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

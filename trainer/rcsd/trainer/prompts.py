@@ -1,10 +1,12 @@
-"""The student's prompt ids: the same template and chat rendering as the teacher's `none` context."""
+"""The student's prompt ids: the same templates and chat rendering as the teacher's `none` and
+`rubric_writer` contexts."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rcsd.models.prompts import chat_prompt_ids, student_prompt_text
+from rcsd.client.protocol import RubricBounds
+from rcsd.models.prompts import DESIGNER_VERSION, chat_prompt_ids, designer_prompt_text, student_prompt_text
 
 
 def student_prompt_ids(tokenizer: Any, question: str, template_version: str = "v1") -> list[int]:
@@ -14,4 +16,22 @@ def student_prompt_ids(tokenizer: Any, question: str, template_version: str = "v
     service renders the same ids for `context_mode="none"` with the same `template_version`.
     """
     prompt = student_prompt_text(question, template_version)
+    return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def rubric_prompt_ids(
+    tokenizer: Any,
+    question: str,
+    reference_answer: str | None,
+    bounds: RubricBounds,
+    template_version: str = DESIGNER_VERSION,
+) -> list[int]:
+    """Token ids a rubric writer (Stage I student) writes its rubric after: the rubric service's prompt.
+
+    The teacher service renders the same ids for `context_mode="rubric_writer"` with the same
+    `rubric_bounds` and template version, and the rubric service generates after them.
+    """
+    prompt = designer_prompt_text(
+        question, reference_answer, bounds.min_criteria, bounds.max_criteria, template_version
+    )
     return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])

@@ -13,7 +13,9 @@ One RCSD step, per rank (each its share of the step's questions):
    each group's loss is weighted by its tokens / the step's global token count, so the update is the
    loss averaged over every valid completion token of every rank;
 4. gradients summed over ranks, optimizer step, the rollout engine follows the new weights.
-OPSD is the same with `teacher.context_mode=reference` (no rubrics); GRPO replaces the teacher with the
+Stage I (`stage: rubric_generator`) is the same loop on another task: the student writes rubrics and the
+teacher sees reference rubrics (`rcsd.trainer.rubric_writing`). OPSD is the same with
+`teacher.context_mode=reference` (no rubrics); GRPO replaces the teacher with the
 answer checker's reward and group-normalised advantages. The teacher is whatever the teacher service
 serves: the frozen base model in the released recipe.
 """
@@ -41,6 +43,7 @@ from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
 from rcsd.trainer.probe import Probe
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
+from rcsd.trainer.rubric_writing import RubricProbe, RubricWriting
 from rcsd.trainer.services import Rubric, Scored, ServiceCalls
 from rcsd.trainer.student import Student, completion_logits, load_student, sampled_logprobs
 
@@ -85,14 +88,20 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
         first_step, position = state.step, state.data_position
     dist.broadcast_parameters(student.trainable)
 
-    questions = load_questions(config.data)[: config.data_limit]
-    order = DataOrder(len(questions), config.seed)
     calls = ServiceCalls(config)
+    # Stage I writes rubrics for the reference rubrics' questions: it gets from `writing` what Stage II
+    # gets from `calls` (the step's rubrics, teacher scores), and its own prompts
+    writing = RubricWriting(config, calls) if config.stage == "rubric_generator" else None
+    tasks = writing or calls
+    questions = writing.questions if writing else load_questions(config.data)[: config.data_limit]
+    order = DataOrder(len(questions), config.seed)
     teacher_name = calls.check_teacher(
         student.tokenizer, student.model.get_output_embeddings().weight.shape[0]
     )
     engine = _rollout_engine(config, student, dist, run_dir)
-    probe = Probe(config, student, calls, run_dir) if config.probe.data else None
+    probe: Probe | RubricProbe | None = RubricProbe(config, student, run_dir) if writing else None
+    if writing is None and config.probe.data:
+        probe = Probe(config, student, calls, run_dir)
     logger = (
         RunLogger(
             run_dir,
@@ -124,9 +133,9 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
 
             # 1. rubrics: this step's were sent during the last one; send the next step's now
             if step not in rubrics_ahead:
-                rubrics_ahead[step] = calls.fetch_rubrics([q for _, q in mine])
+                rubrics_ahead[step] = tasks.fetch_rubrics([q for _, q in mine])
             if config.overlap and step + 1 < config.steps:
-                rubrics_ahead[step + 1] = calls.fetch_rubrics([q for _, q in step_questions(step + 1)])
+                rubrics_ahead[step + 1] = tasks.fetch_rubrics([q for _, q in step_questions(step + 1)])
             started = time.perf_counter()
             rubrics = [f.result() for f in rubrics_ahead.pop(step)] or [None] * len(mine)
             times["rubrics"] = time.perf_counter() - started
@@ -137,7 +146,11 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
             scoring: list[Future[Scored]] = []
             student.model.eval()
             for (pos, question), rubric in zip(mine, rubrics, strict=True):
-                prompt = student_prompt_ids(student.tokenizer, question.prompt_text)
+                prompt = (
+                    writing.prompt_ids(student.tokenizer, question)
+                    if writing
+                    else student_prompt_ids(student.tokenizer, question.prompt_text)
+                )
                 params = SamplingParams(
                     max_new_tokens=config.sampling.max_new_tokens,
                     temperature=config.sampling.temperature,
@@ -148,9 +161,9 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
                 [rollouts] = engine.sample([prompt], params, n=config.rollouts_per_prompt)
                 groups.append(Group(pos, question, rollouts, rubric))
                 if config.overlap and calls.teacher is not None:
-                    scoring.append(calls.score(question, rubric, _ids(groups[-1])))
+                    scoring.append(tasks.score(question, rubric, _ids(groups[-1])))
             if not config.overlap and calls.teacher is not None:  # the baseline: score after sampling
-                scoring = [calls.score(g.question, g.rubric, _ids(g)) for g in groups]
+                scoring = [tasks.score(g.question, g.rubric, _ids(g)) for g in groups]
             student.model.train()
             times["rollout"] = time.perf_counter() - started
             local_tokens = sum(len(r.completion_ids) for g in groups for r in g.rollouts)

@@ -1,0 +1,151 @@
+"""Stage I end to end on the tiny model: the student writes rubrics, the teacher sees the reference rubric,
+and the result is a rubric generator the rubric service serves with `--adapter`.
+
+- the student's rubric prompt is the teacher's `rubric_writer` context, id for id; with the teacher on
+  that context and LoRA starting as the identity, the first step's KL and loss are 0;
+- a 2-step run on the reference rubrics' train split logs, checkpoints a peft adapter and reports the
+  held-out reference rubrics' log-prob before and after;
+- `rcsd serve rubric --adapter` on that adapter answers valid rubrics, under another model revision.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rcsd.client import RubricClient, TeacherClient
+from rcsd.client.protocol import RubricBounds, RubricRequest, TeacherRequest, rubric_problems
+from rcsd.services.launch import ServiceProcess
+from rcsd.trainer import checkpoint as ckpt
+from rcsd.trainer.config import TrainConfig
+from rcsd.trainer.data import reference_rubrics
+from rcsd.trainer.metrics import read_metrics
+from rcsd.trainer.prompts import rubric_prompt_ids
+from rcsd.trainer.train import main
+
+BOUNDS = {
+    "min_criteria": 2,
+    "max_criteria": 2,
+}  # what a random-weight model's grammar-bound output meets quickly
+
+
+def _config(model: Path, services: dict[str, ServiceProcess], out: Path, **fields: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "stage": "rubric_generator",
+        "model": str(model),
+        "dtype": "float32",
+        "device": "cpu",
+        "lora": {"r": 4, "alpha": 8},
+        "lr": 1e-2,  # large, so that two steps move the tiny model's weights visibly
+        "steps": 2,
+        "prompts_per_step": 1,
+        "sampling": {"max_new_tokens": 8},
+        "teacher": {"context_mode": "rubric_writer+reference_rubric", "top_k": 8},
+        "rubric": BOUNDS,
+        "services": {"teacher_urls": [services["teacher"].url], "deadline_s": 60},
+        "data_limit": 4,
+        "probe": {"questions": 2},
+        "output_dir": str(out),
+        "progress": False,
+        "plots": False,
+    }
+    return TrainConfig.model_validate({**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({"stage": "rubric_generator"}, "rubric_writer+reference_rubric"),  # the answer modes' default
+        ({"stage": "rubric_generator", "method": "grpo", "rollouts_per_prompt": 2}, "method rcsd"),
+        ({"teacher": {"context_mode": "rubric_writer"}}, "is for stage rubric_generator"),
+        (
+            {"stage": "rubric_generator", "teacher": {"context_mode": "rubric_writer", "rationale": "auto"}},
+            "rationale",
+        ),
+    ],
+)
+def test_config_keeps_stages_and_modes_together(fields, text):
+    with pytest.raises(ValueError, match=re.escape(text)):
+        TrainConfig.model_validate(fields)
+    assert not TrainConfig.model_validate(
+        {"stage": "rubric_generator", "teacher": {"context_mode": "rubric_writer+reference_rubric"}}
+    ).needs_rubrics
+
+
+def test_rubric_prompt_is_the_teachers_rubric_writer_context(tiny_model_dir, trainer_services):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    question = reference_rubrics("train")[0].question
+    with TeacherClient(trainer_services["teacher"].url) as client:
+        response = client.score(
+            TeacherRequest(
+                question=question.prompt_text,
+                reference_answer=question.reference_answer,
+                rubric_bounds=RubricBounds(**BOUNDS),
+                context_mode="rubric_writer",
+                completions=[[5]],
+                return_context_ids=True,
+            )
+        )
+    ids = rubric_prompt_ids(
+        tokenizer, question.prompt_text, question.reference_answer, RubricBounds(**BOUNDS)
+    )
+    assert response.context_ids == ids
+
+
+def test_student_positions_are_the_teachers(tiny_model_dir, trainer_services, tmp_path):
+    """Teacher = the same tiny model on the student's own rubric prompt; LoRA's B starts at 0."""
+    config = _config(
+        tiny_model_dir, trainer_services, tmp_path / "run", steps=1, teacher={"context_mode": "rubric_writer"}
+    )
+    [record] = read_metrics(main(config))
+    assert record["rollout_tokens"] > 0
+    assert record["kl_sampled"] == pytest.approx(0.0, abs=1e-4)
+    assert record["loss"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_stage1_adapter_is_served_as_a_rubric_generator(tiny_model_dir, trainer_services, tmp_path):
+    run_dir = main(_config(tiny_model_dir, trainer_services, tmp_path / "run"))
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["rubric_fallbacks"] == 0 and r["teacher_tokens"] > 0 for r in records)
+    probe = json.loads((run_dir / "rubric_probe.json").read_text())
+    before, after = probe["before"]["reference_rubric_logprob"], probe["after"]["reference_rubric_logprob"]
+    assert before < 0 and after < 0 and before != after
+    assert "held-out reference rubrics" in (run_dir / "report.md").read_text()
+    adapter = ckpt.weights_dir(ckpt.latest(run_dir))
+    assert (adapter / "adapter_config.json").is_file()
+
+    args = [
+        "--backend",
+        "hf",
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--adapter",
+        str(adapter),
+    ]
+    args += ["--store-url", f"sqlite:///{tmp_path / 'rubrics.db'}"]
+    server = ServiceProcess("rubric", args, tmp_path).start()
+    try:
+        base = httpx.get(f"{trainer_services['rubric'].url}/v1/info").json()["model"]["revision"]
+        with RubricClient(server.url, timeout=300) as client:
+            for item in reference_rubrics("heldout")[:2]:
+                rubric = client.generate(
+                    RubricRequest(
+                        question=item.question.prompt_text,
+                        reference_answer=item.question.reference_answer,
+                        bounds=RubricBounds(**BOUNDS),
+                        max_tokens=1300,
+                    )
+                )
+                assert rubric_problems(rubric.criteria, RubricBounds(**BOUNDS)) == []
+                assert rubric.model_revision != base  # the adapter's weights, not the base's
+    finally:
+        server.stop()

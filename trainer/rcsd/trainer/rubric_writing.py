@@ -1,0 +1,149 @@
+"""Stage I: the student learns to write rubrics, by the same self-distillation as Stage II.
+
+The task differs from answering questions in three places, which the loop asks this module for:
+- the items are the `train` split of the reference rubrics (`data/rubrics/`, or `data` files in that
+  format): each a question and a hand-written rubric for it;
+- the student's prompt is the rubric writer's: the rubric service's designer prompt for the question
+  and its reference answer, with the `rubric` bounds of the config (`rcsd.trainer.prompts.rubric_prompt_ids`);
+- the teacher scores the student's rubric (its own sample, token ids verbatim) with
+  `context_mode=rubric_writer+reference_rubric`: the same prompt, after the question, the reference
+  answer and the reference rubric in the generation format.
+Sampling, losses and checkpoints are Stage II's. A checkpoint's `adapter/` folder is a rubric
+generator: `rcsd serve rubric --adapter DIR`.
+
+`RubricProbe` measures before the first step and after the last the student's mean per-token
+log-prob of the held-out reference rubrics, written as the constrained generator writes them
+(`to_generation_text`) and ended by the end-of-turn token, after their rubric prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rcsd.client.protocol import RubricBounds, TeacherRequest
+from rcsd.client.protocol.rubric_format import to_generation_text
+from rcsd.trainer.config import TrainConfig
+from rcsd.trainer.data import Question, ReferenceRubric, reference_rubrics
+from rcsd.trainer.distributed import Dist
+from rcsd.trainer.prompts import rubric_prompt_ids
+from rcsd.trainer.services import Rubric, Scored, ServiceCalls
+from rcsd.trainer.student import Student, completion_logits, sampled_logprobs
+
+RESULTS_FILE = "rubric_probe.json"
+REPORT_FILE = "report.md"
+
+
+def bounds_of(config: TrainConfig) -> RubricBounds:
+    return RubricBounds(min_criteria=config.rubric.min_criteria, max_criteria=config.rubric.max_criteria)
+
+
+class RubricWriting:
+    """The Stage I task: `questions`, `prompt_ids`, and `fetch_rubrics` / `score` as `ServiceCalls` has them."""
+
+    def __init__(self, config: TrainConfig, calls: ServiceCalls) -> None:
+        self.config, self.calls, self.bounds = config, calls, bounds_of(config)
+        items = reference_rubrics("train", config.data)[: config.data_limit]
+        self.questions: list[Question] = [item.question for item in items]
+        self._reference = {item.question.id: item for item in items}
+
+    def prompt_ids(self, tokenizer: Any, question: Question) -> list[int]:
+        return rubric_prompt_ids(tokenizer, question.prompt_text, question.reference_answer, self.bounds)
+
+    def fetch_rubrics(self, questions: list[Question]) -> list[Future[Rubric]]:
+        """The reference rubrics: known already, so the futures are done."""
+        futures: list[Future[Rubric]] = []
+        for question in questions:
+            future: Future[Rubric] = Future()
+            future.set_result(Rubric(self._reference[question.id].criteria, latency_s=0.0))
+            futures.append(future)
+        return futures
+
+    def score(
+        self, question: Question, rubric: Rubric | None, completions: list[list[int]]
+    ) -> Future[Scored]:
+        """The teacher's scores of the student's rubrics, with the reference rubric in its context."""
+        assert rubric is not None and rubric.criteria is not None
+        request = TeacherRequest(
+            question=question.prompt_text,
+            reference_answer=question.reference_answer,
+            reference_rubric=rubric.criteria,
+            rubric_bounds=self.bounds,
+            context_mode=self.config.teacher.context_mode,
+            completions=completions,
+            top_k=self.config.teacher.top_k,
+        )
+        return self.calls.submit(request)
+
+
+@torch.no_grad()
+def rubric_logprob(model: Any, tokenizer: Any, items: list[ReferenceRubric], bounds: RubricBounds) -> float:
+    """Mean per-token log-prob of the items' rubrics in the generation format (+ end of turn), each after
+    its rubric prompt, teacher-forced: how likely the generator is to write the reference rubric."""
+    total, tokens = 0.0, 0
+    pad_id = tokenizer.pad_token_id or 0
+    for item in items:
+        question = item.question
+        prompt = rubric_prompt_ids(tokenizer, question.prompt_text, question.reference_answer, bounds)
+        text_ids = tokenizer(to_generation_text(item.criteria), add_special_tokens=False)["input_ids"]
+        target = [*text_ids, tokenizer.eos_token_id]
+        logits_B_T_V, ids_B_T, _ = completion_logits(model, prompt, [target], pad_id)
+        total += float(sampled_logprobs(logits_B_T_V, ids_B_T).sum())
+        tokens += len(target)
+    return total / max(tokens, 1)
+
+
+class RubricProbe:
+    """Stage I's held-out probe: `rubric_logprob` of the held-out reference rubrics before and after."""
+
+    def __init__(self, config: TrainConfig, student: Student, run_dir: Path) -> None:
+        self.config, self.student = config, student
+        self.items = reference_rubrics("heldout", config.probe.data)[: config.probe.questions]
+        self.results_path = run_dir / RESULTS_FILE
+
+    def measure(self, label: str, dist: Dist) -> dict[str, float] | None:
+        """Measure on rank 0, record under `label`, print; other ranks just wait."""
+        results = None
+        if dist.is_main:
+            self.student.model.eval()
+            value = rubric_logprob(
+                self.student.model, self.student.tokenizer, self.items, bounds_of(self.config)
+            )
+            self.student.model.train()
+            results = {"reference_rubric_logprob": value}
+            recorded = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
+            recorded[label] = results
+            self.results_path.write_text(json.dumps(recorded, indent=2) + "\n")
+            print(
+                f"rubric probe {label}: mean log-prob per token of the held-out reference rubrics {value:.4f}"
+            )
+        dist.barrier()
+        return results
+
+    def write_report(self) -> str:
+        """report.md: the held-out log-prob before and after; returns its text."""
+        recorded = json.loads(self.results_path.read_text())
+        before = recorded.get("before", {}).get("reference_rubric_logprob")
+        after = recorded.get("after", {}).get("reference_rubric_logprob")
+        lines = [
+            f"# Stage I run report: {self.config.steps} steps, model {self.config.model}",
+            "",
+            f"Held-out probe: {len(self.items)} held-out reference rubrics, in the generation format with "
+            f"their questions' rubric prompts (bounds {self.config.rubric.min_criteria}.."
+            f"{self.config.rubric.max_criteria}); teacher context {self.config.teacher.context_mode}.",
+            "",
+            "| measure | before | after | change |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        if before is not None and after is not None:
+            lines.append(
+                "| student's mean log-prob per token of the held-out reference rubrics (higher is better) "
+                f"| {before:.4f} | {after:.4f} | {after - before:+.4f} |"
+            )
+        text = "\n".join(lines) + "\n"
+        (self.results_path.parent / REPORT_FILE).write_text(text)
+        return text
