@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = CliApp.run(settings_class, cli_args=rest)
         return serve(settings, args.service)
     if args.command == "demo":
+        # Set before torch loads: the demo's student shares a small machine with two services, and
+        # spinning OpenMP threads starve them all (greedy SmolLM2 on a busy 2-core box: 4x slower).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from rcsd.services.demo.run import main as demo_main
 
         return demo_main(rest)
