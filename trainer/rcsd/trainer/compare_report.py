@@ -129,7 +129,7 @@ def _header(config: CompareConfig) -> list[str]:
         ]
     lines += [
         f"Every method starts from `{shared.model}` ({shared.dtype}, LoRA r={shared.lora.r} "
-        f"alpha={shared.lora.alpha} when on), trains {shared.steps} steps with seed {shared.seed} on "
+        f"alpha={shared.lora.alpha} when on), trains {shared.steps} step{'s' * (shared.steps != 1)} with seed {shared.seed} on "
         f"{', '.join(f'`{d}`' for d in shared.data)}"
         + (f" (first {shared.data_limit} questions)" if shared.data_limit else "")
         + " in the same seeded data order, and samples the same rollout budget: "
@@ -225,6 +225,7 @@ def plot_curves(config: CompareConfig, run_dir: Path) -> Path | None:
 
     runs = {a.label or a.name: read_metrics(arm_dir(run_dir, a)) for a in config.arms if a.method != "base"}
     colors = {label: f"C{i}" for i, label in enumerate(runs)}  # one colour per method in every panel
+    last_step = max((r["step"] for records in runs.values() for r in records), default=1)
     keys = [k for k in CURVES if any(k in r for records in runs.values() for r in records)]
     if not keys:
         return None
@@ -238,9 +239,10 @@ def plot_curves(config: CompareConfig, run_dir: Path) -> Path | None:
                 ax.plot(xs, ys, marker="o" if len(points) < 30 else None, label=label, color=colors[label])
         ax.set_title(key)
         ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        ax.set_xlim(0.5, last_step + 0.5)
     for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     fig.suptitle(f"{config.name}: per-step training curves")
