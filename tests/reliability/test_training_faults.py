@@ -30,8 +30,8 @@ from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.train import main
 from tests.reliability.faults import crash_and_restart
+from tests.trainer.configs import adapter_weights, answer_config
 from tests.trainer.conftest import QUESTIONS
-from tests.trainer.test_train import _adapter, _config
 
 STEPS = 4
 
@@ -60,7 +60,9 @@ def questions(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fault_config(tiny_model_dir: Path, services: dict, questions: Path, out: Path) -> TrainConfig:
-    config = _config(tiny_model_dir, services, questions, out, steps=STEPS, checkpoint_every=2, adam_eps=1.0)
+    config = answer_config(
+        tiny_model_dir, services, questions, out, steps=STEPS, checkpoint_every=2, adam_eps=1.0
+    )
     return config.model_copy(update={"services": config.services.model_copy(update={"deadline_s": 300})})
 
 
@@ -78,7 +80,7 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
     assert [r["rollout_tokens"] for r in got] == [r["rollout_tokens"] for r in want]
     assert [r["teacher_tokens"] for r in got] == [r["teacher_tokens"] for r in want]
     # ... and the weights end where the uninterrupted run's ended
-    final, expected = _adapter(run_dir, STEPS), _adapter(reference, STEPS)
+    final, expected = adapter_weights(run_dir, STEPS), adapter_weights(reference, STEPS)
     assert final.keys() == expected.keys()
     moved = [t.abs().max().item() for n, t in expected.items() if "lora_B" in n]  # B starts at 0
     assert min(moved) > 1e-5, moved

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.trainer.test_train import _config
+from tests.trainer.configs import answer_config
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_ONLY = ("vllm", "fastapi", "starlette", "uvicorn", "pydantic_settings", "xgrammar", "psycopg")
@@ -61,7 +61,7 @@ def test_trainer_installs_without_the_services_and_trains(
     assert found.stdout.strip() == "[]", f"importable on a trainer-only machine: {found.stdout}"
 
     run_dir = tmp_path / "run"
-    config = _config(tiny_model_dir, trainer_services, questions_file, run_dir, steps=1)
+    config = answer_config(tiny_model_dir, trainer_services, questions_file, run_dir, steps=1)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     train = subprocess.run(

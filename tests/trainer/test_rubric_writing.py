@@ -26,6 +26,7 @@ from rcsd.trainer.data import reference_rubrics
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.prompts import rubric_prompt_ids
 from rcsd.trainer.train import main
+from tests.trainer.configs import tiny_config
 
 BOUNDS = {
     "min_criteria": 2,
@@ -34,14 +35,8 @@ BOUNDS = {
 
 
 def _config(model: Path, services: dict[str, ServiceProcess], out: Path, **fields: object) -> TrainConfig:
-    base: dict[str, object] = {
+    stage1: dict[str, object] = {
         "stage": "rubric_generator",
-        "model": str(model),
-        "dtype": "float32",
-        "device": "cpu",
-        "lora": {"r": 4, "alpha": 8},
-        "lr": 1e-2,  # large, so that two steps move the tiny model's weights visibly
-        "steps": 2,
         "prompts_per_step": 1,
         "sampling": {"max_new_tokens": 8},
         "teacher": {"context_mode": "rubric_writer+reference_rubric", "top_k": 8},
@@ -49,11 +44,8 @@ def _config(model: Path, services: dict[str, ServiceProcess], out: Path, **field
         "services": {"teacher_urls": [services["teacher"].url], "deadline_s": 60},
         "data_limit": 4,
         "probe": {"questions": 2},
-        "output_dir": str(out),
-        "progress": False,
-        "plots": False,
     }
-    return TrainConfig.model_validate({**base, **fields})
+    return tiny_config(model, out, **{**stage1, **fields})
 
 
 @pytest.mark.parametrize(

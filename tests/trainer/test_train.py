@@ -13,61 +13,28 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
 
 from rcsd.client import LimitExceededError
-from rcsd.services.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig, load_config
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.train import CONFIG_FILE, main
+from tests.trainer.configs import adapter_weights, answer_config
 
 PHASES = ("rubrics", "rollout", "teacher_wait", "student", "optimizer", "update", "step")
 EVERY_STEP = ("loss", "rollout_tokens", "rollout_len_mean", "truncation_rate", "tokens_per_s", "lr")
 TEACHER_METRICS = ("kl_sampled", "teacher_logprob_mean", "teacher_tokens", "teacher_latency_s")
 
 
-def _config(
-    model: Path, services: dict[str, ServiceProcess], data: Path, out: Path, **fields: object
-) -> TrainConfig:
-    base: dict[str, object] = {
-        "model": str(model),
-        "dtype": "float32",
-        "device": "cpu",
-        "lora": {"r": 4, "alpha": 8},
-        "lr": 1e-2,  # large, so that two steps move the tiny model's weights visibly
-        "steps": 2,
-        "prompts_per_step": 2,
-        "sampling": {"max_new_tokens": 6},
-        "teacher": {"top_k": 8},
-        "rubric": {"min_criteria": 1, "max_criteria": 2, "max_tokens": 300, "on_failure": "reference"},
-        "services": {
-            "teacher_urls": [services["teacher"].url],
-            "rubric_urls": [services["rubric"].url],
-            "deadline_s": 60,
-        },
-        "data": [str(data)],
-        "output_dir": str(out),
-        "progress": False,
-        "plots": False,
-    }
-    return TrainConfig.model_validate({**base, **fields})
-
-
-def _adapter(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(ckpt.checkpoint_dir(run_dir, step) / "adapter" / "adapter_model.safetensors")
-
-
 def test_student_positions_are_the_teachers(tiny_model_dir, trainer_services, questions_file, tmp_path):
     """Teacher = the same tiny model on the student's own prompt; LoRA's B starts at 0, so the
     student is the teacher: any misaligned position or re-tokenised id would show as KL > 0.
     The held-out probe measures the same thing before the first step."""
-    config = _config(
+    config = answer_config(
         tiny_model_dir,
         trainer_services,
         questions_file,
@@ -93,7 +60,7 @@ def test_rcsd_run_logs_checkpoints_and_resumes_exactly(
     tiny_model_dir, trainer_services, questions_file, tmp_path
 ):
     run_dir = tmp_path / "run"
-    config = _config(
+    config = answer_config(
         tiny_model_dir, trainer_services, questions_file, run_dir, steps=4, checkpoint_every=2, plots=True
     )
     main(config)
@@ -105,15 +72,15 @@ def test_rcsd_run_logs_checkpoints_and_resumes_exactly(
         assert record["rollout_tokens"] == pytest.approx(record["rollout_len_mean"] * 2)
     assert (run_dir / "plots" / "loss.png").is_file() and (run_dir / "plots" / "kl_sampled.png").is_file()
     assert load_config(run_dir / CONFIG_FILE) == config
-    uninterrupted = _adapter(run_dir, 4)
-    assert any(not torch.equal(uninterrupted[k], v) for k, v in _adapter(run_dir, 2).items())
+    uninterrupted = adapter_weights(run_dir, 4)
+    assert any(not torch.equal(uninterrupted[k], v) for k, v in adapter_weights(run_dir, 2).items())
 
     # stopped after step 2: only what checkpoint 2 holds survives
     shutil.rmtree(ckpt.checkpoint_dir(run_dir, 4))
     with pytest.raises(FileExistsError):
         main(config)  # an existing run is never overwritten without --resume
     main(config, resume=True)
-    resumed = _adapter(run_dir, 4)
+    resumed = adapter_weights(run_dir, 4)
     assert resumed.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
@@ -151,7 +118,7 @@ def test_two_gloo_ranks_equal_one_process(tiny_model_dir, trainer_services, ques
         "sampling": {"max_new_tokens": 5},
         "adam_eps": 1.0,
     }
-    single = _config(tiny_model_dir, trainer_services, questions_file, tmp_path / "one", **fields)
+    single = answer_config(tiny_model_dir, trainer_services, questions_file, tmp_path / "one", **fields)
     main(single)
     double = single.model_copy(update={"output_dir": str(tmp_path / "two")})
     mp.spawn(_rank, args=(double.model_dump_json(), _free_port()), nprocs=2, join=True)
@@ -160,7 +127,7 @@ def test_two_gloo_ranks_equal_one_process(tiny_model_dir, trainer_services, ques
     for a, b in zip(one, two, strict=True):  # the same global batch: same tokens, same loss
         assert a["rollout_tokens"] == b["rollout_tokens"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
-    expected, got = _adapter(tmp_path / "one", 2), _adapter(tmp_path / "two", 2)
+    expected, got = adapter_weights(tmp_path / "one", 2), adapter_weights(tmp_path / "two", 2)
     moved = [t.abs().max().item() for n, t in expected.items() if "lora_B" in n]  # B starts at 0
     assert min(moved) > 1e-5, moved
     for name, tensor in expected.items():
@@ -168,7 +135,7 @@ def test_two_gloo_ranks_equal_one_process(tiny_model_dir, trainer_services, ques
 
 
 def test_opsd_and_grpo_in_the_same_loop(tiny_model_dir, trainer_services, questions_file, tmp_path):
-    opsd = _config(
+    opsd = answer_config(
         tiny_model_dir,
         trainer_services,
         questions_file,
@@ -181,7 +148,7 @@ def test_opsd_and_grpo_in_the_same_loop(tiny_model_dir, trainer_services, questi
     assert all(key in record for key in TEACHER_METRICS) and record["rubric_fallbacks"] == 0
     assert record["time/rubrics"] < 0.01  # none fetched
 
-    grpo = _config(
+    grpo = answer_config(
         tiny_model_dir,
         trainer_services,
         questions_file,
@@ -197,7 +164,7 @@ def test_opsd_and_grpo_in_the_same_loop(tiny_model_dir, trainer_services, questi
 
 def test_a_teacher_error_fails_the_step(tiny_model_dir, trainer_services, questions_file, tmp_path):
     """top_k above the teacher's limit: every group's scoring fails, so no update and no checkpoint."""
-    config = _config(
+    config = answer_config(
         tiny_model_dir, trainer_services, questions_file, tmp_path / "run", teacher={"top_k": 64}
     )
     with pytest.raises(LimitExceededError):

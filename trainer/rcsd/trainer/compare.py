@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rcsd.trainer import checkpoint as ckpt
-from rcsd.trainer.config import TrainConfig, _apply_override, shipped_config
+from rcsd.trainer.config import TrainConfig, read_yaml_config
 
 ARMS_DIR = "arms"
 CONFIGS_DIR = "configs"
@@ -161,15 +161,7 @@ class CompareConfig(_Section):
 
 def load_compare_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
     """A comparison YAML (a path or a shipped config's name) with dotted `key=value` overrides."""
-    path = Path(path)
-    if not path.is_file() and shipped_config(path.name).is_file():
-        path = shipped_config(path.name)
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a comparison config is a mapping, not {type(raw).__name__}")
-    for override in overrides:
-        _apply_override(raw, override)
-    return CompareConfig.model_validate(raw)
+    return CompareConfig.model_validate(read_yaml_config(path, overrides))
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

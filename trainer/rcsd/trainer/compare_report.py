@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rcsd.models.dtype import choose_dtype
 from rcsd.trainer.compare import (
     COMPARE_FILE,
     CONFIGS_DIR,
@@ -128,7 +129,7 @@ def _header(config: CompareConfig) -> list[str]:
             "",
         ]
     lines += [
-        f"Every method starts from `{shared.model}` ({shared.dtype}, LoRA r={shared.lora.r} "
+        f"Every method starts from `{shared.model}` ({_dtype(shared.dtype, shared.device)}, LoRA r={shared.lora.r} "
         f"alpha={shared.lora.alpha} when on), trains {shared.steps} step{'s' * (shared.steps != 1)} with seed {shared.seed} on "
         f"{', '.join(f'`{d}`' for d in shared.data)}"
         + (f" (first {shared.data_limit} questions)" if shared.data_limit else "")
@@ -153,6 +154,15 @@ def _header(config: CompareConfig) -> list[str]:
         "",
     ]
     return lines
+
+
+def _dtype(requested: str, device: str) -> str:
+    """`auto` on a CPU says what it became on this machine (bfloat16 only where native)."""
+    return (
+        f"auto: {choose_dtype(requested, device).dtype}"
+        if (requested, device) == ("auto", "cpu")
+        else requested
+    )
 
 
 def _table(rows: list[ArmResult]) -> list[str]:

@@ -193,6 +193,11 @@ def shipped_config(name: str) -> Path:
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML config (a path, or the name of a shipped one) and apply `key=value` overrides."""
+    return TrainConfig.model_validate(read_yaml_config(path, overrides))
+
+
+def read_yaml_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A YAML mapping (a path, or the name of a shipped config) with dotted `key=value` overrides applied."""
     path = Path(path)
     if not path.is_file() and shipped_config(path.name).is_file():
         path = shipped_config(path.name)
@@ -201,7 +206,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         raise ValueError(f"{path}: a config is a mapping, not {type(raw).__name__}")
     for override in overrides:
         _apply_override(raw, override)
-    return TrainConfig.model_validate(raw)
+    return raw
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
