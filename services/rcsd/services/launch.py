@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
@@ -87,11 +87,23 @@ class ServiceProcess:
 
     def stop(self, timeout_s: float = 30) -> int | None:
         """Graceful stop (SIGTERM), then a hard kill if it hangs; returns the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
+        stop_all([self], timeout_s)
+        return None if self.proc is None else self.proc.returncode
+
+
+def stop_all(processes: Iterable[ServiceProcess], timeout_s: float = 30) -> None:
+    """SIGTERM every running one at once, then wait within one shared deadline; SIGKILL what is left.
+
+    One signal each: a second SIGTERM would make uvicorn skip its graceful shutdown.
+    """
+    running = [p for p in processes if p.proc is not None and p.proc.poll() is None]
+    for process in running:
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in running:
+        assert process.proc is not None
         try:
-            return self.proc.wait(timeout_s)
+            process.proc.wait(max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.returncode
+            process.kill()

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # rcsd.trainer.compare loads torch: main() sets the OpenMP wa
 @contextlib.contextmanager
 def launch_services(launch: LaunchConfig, needs: ServiceNeeds) -> Iterator[ServiceUrls]:
     """The services `needs` asks for, as `rcsd serve` child processes on loopback, stopped on exit."""
-    from rcsd.services.launch import ServiceProcess  # the services' extra: only when asked to launch
+    from rcsd.services.launch import ServiceProcess, stop_all  # the services' extra: only when launching
     from rcsd.trainer.compare import ServiceUrls
     from rcsd.trainer.student import resolve_model
 
@@ -53,8 +53,7 @@ def launch_services(launch: LaunchConfig, needs: ServiceNeeds) -> Iterator[Servi
             rubric_urls=[processes["rubric"].url] if "rubric" in processes else [],
         )
     finally:
-        for process in processes.values():
-            process.stop()
+        stop_all(processes.values())  # at once: a Ctrl-C waits for the slower one, not for the sum
 
 
 def main(argv: list[str] | None = None) -> int:

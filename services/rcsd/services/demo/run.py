@@ -34,6 +34,7 @@ from rcsd.client import BatchError, ItemError, RcsdError, RubricClient, RubricRe
 from rcsd.models.dtype import DTYPES
 from rcsd.services.demo.processes import DemoService
 from rcsd.services.demo.report import DemoReport, EvalSummary, RubricOutcome
+from rcsd.services.launch import stop_all
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig, load_config
 from rcsd.trainer.data import Question, load_questions
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         phase(6, "Stopping the services (SIGTERM, then waiting for a clean exit)")
-        _, phases["stop services"] = _timed(lambda: [s.stop() for s in (teacher, rubric)])
+        _, phases["stop services"] = _timed(lambda: stop_all((teacher, rubric)))
         for service in (teacher, rubric):
             report.services[service.service]["exit"] = service.exit_status()
             console.print(f"{service.service} service: {service.exit_status()}", markup=False)
