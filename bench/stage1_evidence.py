@@ -20,13 +20,14 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rcsd.client import BadRequestError, RubricClient, RubricRequest
+from rcsd.client import BadRequestError, RubricClient
 from rcsd.models.dtype import machine_summary
 from rcsd.services.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig, load_config
 from rcsd.trainer.data import reference_rubrics
-from rcsd.trainer.rubric_writing import REPORT_FILE, bounds_of
+from rcsd.trainer.rubric_writing import REPORT_FILE
+from rcsd.trainer.services import rubric_request
 from rcsd.trainer.student import resolve_model
 from rcsd.trainer.train import main as train
 
@@ -45,14 +46,7 @@ def first_attempt_passes(
         with RubricClient(server.url, timeout=1800) as client:
             for item in reference_rubrics("heldout", config.probe.data)[: config.probe.questions]:
                 for seed in range(seeds):
-                    request = RubricRequest(
-                        question=item.question.prompt_text,
-                        reference_answer=item.question.reference_answer,
-                        bounds=bounds_of(config),
-                        temperature=config.rubric.temperature,
-                        seed=seed,
-                        max_tokens=config.rubric.max_tokens,
-                    )
+                    request = rubric_request(config.rubric, item.question).model_copy(update={"seed": seed})
                     try:
                         client.generate(request)
                         passed, outcome = passed + 1, "passed"

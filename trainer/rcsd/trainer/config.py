@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rcsd.client.protocol import RUBRIC_WRITER_MODES, ContextMode
+from rcsd.client.protocol import RUBRIC_WRITER_MODES, ContextMode, RubricBounds
 from rcsd.client.protocol.teacher import MODES_SHOWING_RUBRIC
 
 SHIPPED_CONFIGS = "configs"  # folder inside rcsd.trainer: `rcsd train smollm2_cpu.yaml` finds it there
@@ -82,6 +82,11 @@ class RubricConfig(_Section):
     # A rubric the service cannot produce (422 after its attempts): stop the run, or score that
     # question with context_mode=reference (counted in every step's `rubric_fallbacks`).
     on_failure: Literal["fail", "reference"] = "fail"
+
+    @property
+    def bounds(self) -> RubricBounds:
+        """The criteria-count bounds on the wire (rubric requests, and Stage I's prompts and teacher)."""
+        return RubricBounds(min_criteria=self.min_criteria, max_criteria=self.max_criteria)
 
 
 class ProbeConfig(_Section):

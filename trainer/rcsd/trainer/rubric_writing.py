@@ -38,15 +38,11 @@ RESULTS_FILE = "rubric_probe.json"
 REPORT_FILE = "report.md"
 
 
-def bounds_of(config: TrainConfig) -> RubricBounds:
-    return RubricBounds(min_criteria=config.rubric.min_criteria, max_criteria=config.rubric.max_criteria)
-
-
 class RubricWriting:
     """The Stage I task: `questions`, `prompt_ids`, and `fetch_rubrics` / `score` as `ServiceCalls` has them."""
 
     def __init__(self, config: TrainConfig, calls: ServiceCalls) -> None:
-        self.config, self.calls, self.bounds = config, calls, bounds_of(config)
+        self.config, self.calls, self.bounds = config, calls, config.rubric.bounds
         items = reference_rubrics("train", config.data)[: config.data_limit]
         self.questions: list[Question] = [item.question for item in items]
         self._reference = {item.question.id: item for item in items}
@@ -111,7 +107,7 @@ class RubricProbe:
         if dist.is_main:
             self.student.model.eval()
             value = rubric_logprob(
-                self.student.model, self.student.tokenizer, self.items, bounds_of(self.config)
+                self.student.model, self.student.tokenizer, self.items, self.config.rubric.bounds
             )
             self.student.model.train()
             results = {"reference_rubric_logprob": value}

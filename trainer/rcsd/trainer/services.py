@@ -17,7 +17,6 @@ from typing import Any
 from rcsd.client import (
     BadRequestError,
     Criterion,
-    RubricBounds,
     RubricClient,
     RubricRequest,
     TeacherClient,
@@ -51,7 +50,7 @@ def rubric_request(settings: RubricConfig, question: Question) -> RubricRequest:
     return RubricRequest(
         question=question.prompt_text,
         reference_answer=question.reference_answer,
-        bounds=RubricBounds(min_criteria=settings.min_criteria, max_criteria=settings.max_criteria),
+        bounds=settings.bounds,
         temperature=settings.temperature,
         seed=settings.seed,
         max_tokens=settings.max_tokens,
