@@ -26,7 +26,7 @@ from rcsd.services.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig, load_config
 from rcsd.trainer.data import reference_rubrics
-from rcsd.trainer.rubric_writing import REPORT_FILE
+from rcsd.trainer.probe import REPORT_FILE
 from rcsd.trainer.services import rubric_request
 from rcsd.trainer.student import resolve_model
 from rcsd.trainer.train import main as train

@@ -36,14 +36,25 @@ LABELS = {
 }
 
 
-class Probe:
-    def __init__(self, config: TrainConfig, student: Student, calls: ServiceCalls, run_dir: Path) -> None:
-        self.config, self.student, self.calls = config, student, calls
-        self.questions = load_questions(config.probe.data)[: config.probe.questions]
-        self.answers_path, self.results_path = run_dir / ANSWERS_FILE, run_dir / RESULTS_FILE
+class RecordedProbe:
+    """What every held-out probe shares: measured on rank 0 (the other ranks wait), recorded under its
+    label ("before", "after") in a JSON file of the run folder, and put side by side in report.md.
+    A probe says what it measures (`_measure`), what its report is about (`_heading`) and its `labels`."""
+
+    name = "probe"
+    labels: dict[str, str] = LABELS
+
+    def __init__(self, config: TrainConfig, student: Student, results_path: Path) -> None:
+        self.config, self.student, self.results_path = config, student, results_path
+
+    def _measure(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _heading(self) -> list[str]:
+        raise NotImplementedError
 
     def measure(self, label: str, dist: Dist) -> dict[str, float] | None:
-        """Measure on rank 0, record under `label` in probe.json, print; other ranks just wait."""
+        """Measure on rank 0, record under `label`, print; other ranks just wait."""
         results = None
         if dist.is_main:
             self.student.model.eval()
@@ -53,7 +64,7 @@ class Probe:
             recorded = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
             recorded[label] = results
             self.results_path.write_text(json.dumps(recorded, indent=2) + "\n")
-            print(f"probe {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+            print(f"{self.name} {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         dist.barrier()
         return results
 
@@ -61,22 +72,33 @@ class Probe:
         """report.md: the probe before and after training, side by side; returns its text."""
         recorded = json.loads(self.results_path.read_text())
         before, after = recorded.get("before", {}), recorded.get("after", {})
-        lines = [
-            f"# Run report: {self.config.method}, {self.config.steps} steps, model {self.config.model}",
-            "",
-            f"Held-out probe: {len(self.questions)} questions from {', '.join(self.config.probe.data)}, "
-            f"teacher context {self.config.teacher.context_mode}.",
-            "",
-            "| measure | before | after | change |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for key, label in LABELS.items():
+        lines = [*self._heading(), "| measure | before | after | change |", "| --- | ---: | ---: | ---: |"]
+        for key, label in self.labels.items():
             if key in before and key in after:
                 change = after[key] - before[key]
                 lines.append(f"| {label} | {before[key]:.4f} | {after[key]:.4f} | {change:+.4f} |")
         text = "\n".join(lines) + "\n"
         (self.results_path.parent / REPORT_FILE).write_text(text)
         return text
+
+
+class Probe(RecordedProbe):
+    """Stage II's probe: teacher-student divergence on fixed answers, and the references' log-prob."""
+
+    def __init__(self, config: TrainConfig, student: Student, calls: ServiceCalls, run_dir: Path) -> None:
+        super().__init__(config, student, run_dir / RESULTS_FILE)
+        self.calls = calls
+        self.questions = load_questions(config.probe.data)[: config.probe.questions]
+        self.answers_path = run_dir / ANSWERS_FILE
+
+    def _heading(self) -> list[str]:
+        return [
+            f"# Run report: {self.config.method}, {self.config.steps} steps, model {self.config.model}",
+            "",
+            f"Held-out probe: {len(self.questions)} questions from {', '.join(self.config.probe.data)}, "
+            f"teacher context {self.config.teacher.context_mode}.",
+            "",
+        ]
 
     def _measure(self) -> dict[str, float]:
         tokenizer, model = self.student.tokenizer, self.student.model

@@ -18,7 +18,6 @@ log-prob of the held-out reference rubrics, written as the constrained generator
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,12 @@ from rcsd.client.protocol import RubricBounds, TeacherRequest
 from rcsd.client.protocol.rubric_format import to_generation_text
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data import Question, ReferenceRubric, reference_rubrics
-from rcsd.trainer.distributed import Dist
+from rcsd.trainer.probe import RecordedProbe
 from rcsd.trainer.prompts import rubric_prompt_ids
 from rcsd.trainer.services import Rubric, Scored, ServiceCalls
 from rcsd.trainer.student import Student, completion_logits, sampled_logprobs
 
 RESULTS_FILE = "rubric_probe.json"
-REPORT_FILE = "report.md"
 
 
 class RubricWriting:
@@ -93,53 +91,31 @@ def rubric_logprob(model: Any, tokenizer: Any, items: list[ReferenceRubric], bou
     return total / max(tokens, 1)
 
 
-class RubricProbe:
+class RubricProbe(RecordedProbe):
     """Stage I's held-out probe: `rubric_logprob` of the held-out reference rubrics before and after."""
 
+    name = "rubric probe"
+    labels = {
+        "reference_rubric_logprob": "student's mean log-prob per token of the held-out reference rubrics "
+        "(higher is better)"
+    }
+
     def __init__(self, config: TrainConfig, student: Student, run_dir: Path) -> None:
-        self.config, self.student = config, student
+        super().__init__(config, student, run_dir / RESULTS_FILE)
         self.items = reference_rubrics("heldout", config.probe.data)[: config.probe.questions]
-        self.results_path = run_dir / RESULTS_FILE
 
-    def measure(self, label: str, dist: Dist) -> dict[str, float] | None:
-        """Measure on rank 0, record under `label`, print; other ranks just wait."""
-        results = None
-        if dist.is_main:
-            self.student.model.eval()
-            value = rubric_logprob(
-                self.student.model, self.student.tokenizer, self.items, self.config.rubric.bounds
-            )
-            self.student.model.train()
-            results = {"reference_rubric_logprob": value}
-            recorded = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
-            recorded[label] = results
-            self.results_path.write_text(json.dumps(recorded, indent=2) + "\n")
-            print(
-                f"rubric probe {label}: mean log-prob per token of the held-out reference rubrics {value:.4f}"
-            )
-        dist.barrier()
-        return results
+    def _measure(self) -> dict[str, float]:
+        value = rubric_logprob(
+            self.student.model, self.student.tokenizer, self.items, self.config.rubric.bounds
+        )
+        return {"reference_rubric_logprob": value}
 
-    def write_report(self) -> str:
-        """report.md: the held-out log-prob before and after; returns its text."""
-        recorded = json.loads(self.results_path.read_text())
-        before = recorded.get("before", {}).get("reference_rubric_logprob")
-        after = recorded.get("after", {}).get("reference_rubric_logprob")
-        lines = [
+    def _heading(self) -> list[str]:
+        return [
             f"# Stage I run report: {self.config.steps} steps, model {self.config.model}",
             "",
             f"Held-out probe: {len(self.items)} held-out reference rubrics, in the generation format with "
             f"their questions' rubric prompts (bounds {self.config.rubric.min_criteria}.."
             f"{self.config.rubric.max_criteria}); teacher context {self.config.teacher.context_mode}.",
             "",
-            "| measure | before | after | change |",
-            "| --- | ---: | ---: | ---: |",
         ]
-        if before is not None and after is not None:
-            lines.append(
-                "| student's mean log-prob per token of the held-out reference rubrics (higher is better) "
-                f"| {before:.4f} | {after:.4f} | {after - before:+.4f} |"
-            )
-        text = "\n".join(lines) + "\n"
-        (self.results_path.parent / REPORT_FILE).write_text(text)
-        return text

@@ -40,7 +40,7 @@ from rcsd.trainer.answers import reward
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data import Question, load_questions
 from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
-from rcsd.trainer.probe import Probe
+from rcsd.trainer.probe import Probe, RecordedProbe
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
 from rcsd.trainer.rubric_writing import RubricProbe, RubricWriting
@@ -99,7 +99,7 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
         student.tokenizer, student.model.get_output_embeddings().weight.shape[0]
     )
     engine = _rollout_engine(config, student, dist, run_dir)
-    probe: Probe | RubricProbe | None = RubricProbe(config, student, run_dir) if writing else None
+    probe: RecordedProbe | None = RubricProbe(config, student, run_dir) if writing else None
     if writing is None and config.probe.data:
         probe = Probe(config, student, calls, run_dir)
     logger = (
