@@ -14,20 +14,21 @@ $(STAMP): pyproject.toml client/pyproject.toml setup.py deploy/install.sh
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test: setup
-	@echo "machine: $$($(PY) -m rcsd.models.dtype)"
+	@echo "machine: $$($(PY) -m rcsd.loading.dtype)"
 	bash deploy/ensure_postgres.sh
 	$(MAKE) lint
 	$(VENV)/bin/pytest -q
 
 demo: setup
-	$(PY) -m rcsd.services.cli demo
+	$(PY) -m rcsd.recipes.cli demo
 
 # The long reliability suites (tests/reliability, figures in docs/reliability.md): fuzzing 300 cases per
 # operation and 64 clients per service; `make test` runs their short versions, the faults and security checks.
 reliability: setup
-	@echo "machine: $$($(PY) -m rcsd.models.dtype)"
+	@echo "machine: $$($(PY) -m rcsd.loading.dtype)"
 	bash deploy/ensure_postgres.sh
 	$(VENV)/bin/pytest -q -s -m reliability tests/reliability
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rcsd.models.default import prepare_default_model
-from rcsd.models.dtype import choose_dtype, cpu_capability, machine_summary
+from rcsd.loading.bundled import prepare_default_model
+from rcsd.loading.dtype import choose_dtype, cpu_capability, machine_summary
 from rcsd.services.engines.base import EngineConfig
 from rcsd.services.engines.loader import load_engine
 

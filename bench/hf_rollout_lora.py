@@ -20,13 +20,14 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from rcsd.models.dtype import choose_dtype, cpu_capability
+from rcsd.loading.dtype import choose_dtype, cpu_capability
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout import HfRollout, SamplingParams
 
@@ -37,11 +38,12 @@ def load(model: str, dtype: str) -> tuple[torch.nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model == "tiny":
-        from rcsd.models.tiny import build_tiny_model
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the tiny model
+        from tests.fixtures.tiny_model import build_tiny_model
 
         path = build_tiny_model(Path(tempfile.mkdtemp()))
     else:
-        from rcsd.models.default import prepare_default_model
+        from rcsd.loading.bundled import prepare_default_model
 
         path = prepare_default_model(None)
     torch_dtype = getattr(torch, choose_dtype(dtype, "cpu").dtype)

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from rcsd.client import AsyncRubricClient, RubricBounds, RubricRequest
-from rcsd.models.default import prepare_default_model
-from rcsd.models.dtype import DTYPES, choose_dtype, cpu_capability, machine_summary
-from rcsd.services.launch import ServiceProcess
-from rcsd.trainer.data import load_questions
+from rcsd.loading.bundled import prepare_default_model
+from rcsd.loading.dtype import DTYPES, choose_dtype, cpu_capability, machine_summary
+from rcsd.recipes.launch import ServiceProcess
+from rcsd.trainer.data.questions import load_questions
 
 
 def requests_for(count: int, first_seed: int, max_tokens: int, bounds: RubricBounds) -> list[RubricRequest]:

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,8 +38,8 @@ from rcsd.client.protocol import (
     TeacherBatchRequest,
     TeacherRequest,
 )
-from rcsd.models.dtype import cpu_capability
-from rcsd.services.launch import ServiceProcess
+from rcsd.loading.dtype import cpu_capability
+from rcsd.recipes.launch import ServiceProcess
 
 BOUNDS = RubricBounds(min_criteria=2, max_criteria=2)  # short rubrics from a random-weight model
 REFUSED = (429, 503)  # the only refusals a loaded service may answer, always with Retry-After
@@ -200,7 +201,8 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             if args.model is None:
-                from rcsd.models.tiny import build_tiny_model
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the tiny model
+                from tests.fixtures.tiny_model import build_tiny_model
 
                 args.model = build_tiny_model(folder / "tiny", seed=0)
             service = ServiceProcess(args.service, service_args(args, args.model, folder), folder).start()

@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rcsd.client import BadRequestError, RubricClient
-from rcsd.models.dtype import machine_summary
-from rcsd.services.launch import ServiceProcess
+from rcsd.loading.dtype import machine_summary
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig, load_config
-from rcsd.trainer.data import reference_rubrics
+from rcsd.trainer.data.questions import reference_rubrics
 from rcsd.trainer.probe import REPORT_FILE
-from rcsd.trainer.services import rubric_request
+from rcsd.trainer.service_calls import rubric_request
 from rcsd.trainer.student import resolve_model
 from rcsd.trainer.train import main as train
 

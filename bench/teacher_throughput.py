@@ -12,7 +12,7 @@ one warm-up, all in this one process run:
 
     .venv/bin/python bench/teacher_throughput.py [--backends vllm,hf] [--dtype auto]
 
-`--dtype auto` (the default) is resolved once by rcsd.models.dtype and the same dtype is given to
+`--dtype auto` (the default) is resolved once by rcsd.loading.dtype and the same dtype is given to
 every path, vLLM's own server included; the CPU capability and dtype are printed with the figures.
 
 Prints a table, then one line of JSON.
@@ -36,12 +36,12 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from rcsd.client import AsyncTeacherClient, TeacherRequest
-from rcsd.models.default import prepare_default_model
-from rcsd.models.dtype import DTYPES, choose_dtype, cpu_capability, machine_summary
+from rcsd.loading.bundled import prepare_default_model
+from rcsd.loading.dtype import DTYPES, choose_dtype, cpu_capability, machine_summary
+from rcsd.recipes.launch import ServiceProcess, free_port, wait_until_ok
 from rcsd.services.engines.base import EngineConfig
 from rcsd.services.engines.loader import load_engine
 from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
-from rcsd.services.launch import ServiceProcess, free_port, wait_until_ok
 
 GROUP, COMPLETION_TOKENS, CONTEXT_TOKENS, TOP_K = 8, 256, 1024, 20
 FILLER = (

@@ -26,13 +26,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from rcsd.models.dtype import cpu_capability
-from rcsd.services.launch import ServiceProcess
+from rcsd.loading.dtype import cpu_capability
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.train import main
@@ -111,11 +112,12 @@ def main_bench() -> None:
     with tempfile.TemporaryDirectory(prefix="rcsd-bench-") as tmp:
         work = Path(tmp)
         if args.model == "tiny":
-            from rcsd.models.tiny import build_tiny_model
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the tiny model
+            from tests.fixtures.tiny_model import build_tiny_model
 
             model = str(build_tiny_model(work / "tiny"))
         else:
-            from rcsd.models.default import prepare_default_model
+            from rcsd.loading.bundled import prepare_default_model
 
             model = str(prepare_default_model())
         common = ["--backend", "hf", "--model", model, "--dtype", "float32"]

@@ -47,7 +47,7 @@ from rcsd.client.protocol import (
     TeacherRequest,
     TeacherResponse,
 )
-from rcsd.services.launch import free_port
+from rcsd.recipes.launch import free_port
 
 VOCAB = 1000
 MAX_MODEL_LEN = 4096

@@ -27,7 +27,7 @@ from rcsd.client import (
     TeacherResponse,
 )
 from rcsd.client import tokenizer_hash as client_tokenizer_hash
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 
 LIMITS = [
     "--max-top-k", "8",
@@ -136,7 +136,7 @@ def test_the_same_tokenizer_is_compatible(replicas, tokenizer, groups):
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(replicas, tiny_model_dir, tokenizer, tmp_path):
-    from rcsd.models.tiny import build_tiny_model
+    from tests.fixtures.tiny_model import build_tiny_model
 
     other_dir = build_tiny_model(tmp_path / "other", seed=1)
     state = json.loads((other_dir / "tokenizer.json").read_text())

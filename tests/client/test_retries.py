@@ -22,7 +22,7 @@ from rcsd.client import (
     TeacherClient,
     TeacherRequest,
 )
-from rcsd.services.launch import free_port
+from rcsd.recipes.launch import free_port
 
 REQUEST = TeacherRequest(question="2+2?", context_mode="none", completions=[[5, 6, 7]])
 

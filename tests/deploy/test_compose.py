@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from rcsd.models.default import DEFAULT_MODEL_NAME
+from rcsd.loading.bundled import DEFAULT_MODEL_NAME
 from rcsd.services import cli
 from rcsd.services.kit.settings import ServiceSettings
 from rcsd.services.rubric.settings import RubricSettings

@@ -20,8 +20,8 @@ import pytest
 import tomllib
 from packaging.specifiers import SpecifierSet
 
-from rcsd.models.default import CACHE_DIR_ENV, DEFAULT_MODEL_NAME
-from rcsd.services import cli
+from rcsd.loading.bundled import CACHE_DIR_ENV, DEFAULT_MODEL_NAME
+from rcsd.recipes import cli
 from rcsd.services.rubric.settings import RubricSettings
 from rcsd.services.teacher.settings import TeacherSettings
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)

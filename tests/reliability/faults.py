@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from rcsd.client.protocol import RubricBounds, RubricRequest, rubric_problems
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.services.rubric.store import StoredRubric, open_store
 
 

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 from tests.reliability.conftest import tiny_service
 
 CHECKS = [

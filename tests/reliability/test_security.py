@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import Route
 
 from rcsd.client.protocol import TeacherBatchRequest, TeacherRequest
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.services.rubric.app import create_app as rubric_app
 from rcsd.services.rubric.settings import RubricSettings
 from rcsd.services.teacher.app import create_app as teacher_app

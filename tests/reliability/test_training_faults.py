@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.metrics import read_metrics
@@ -121,7 +121,7 @@ def test_trainer_killed_then_resumed(tiny_model_dir, services, questions, uninte
     config_file = tmp_path / "config.yaml"
     config = _fault_config(tiny_model_dir, services, questions, run_dir)
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    command = [sys.executable, "-m", "rcsd.services.cli", "train", str(config_file)]
+    command = [sys.executable, "-m", "rcsd.recipes.cli", "train", str(config_file)]
 
     with open(tmp_path / "trainer.log", "wb") as log:
         trainer = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

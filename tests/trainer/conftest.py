@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 
 # Hand-made questions in the shipped data format: two numeric, two multiple-choice.
 QUESTIONS = [

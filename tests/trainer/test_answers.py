@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rcsd.trainer.answers import extract_answer, is_correct, parse_number, reward
-from rcsd.trainer.data import Question
+from rcsd.trainer.data.questions import Question
 
 
 def numeric(answer: str, unit: str = "") -> Question:

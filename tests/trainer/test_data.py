@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rcsd.trainer.data import Question, load_questions, shipped_sets
+from rcsd.trainer.data.questions import Question, load_questions, shipped_sets
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "science"
 SLICES = {

@@ -27,7 +27,7 @@ SERVICE_ONLY = (
 CHECK = textwrap.dedent(
     """
     import contextlib, io, sys
-    from rcsd.services.cli import main
+    from rcsd.recipes.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -40,7 +40,7 @@ CHECK = textwrap.dedent(
 
     service_only = {service_only!r}
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in service_only)
-    services = sorted(m for m in sys.modules if m.startswith("rcsd.services.") and m != "rcsd.services.cli")
+    services = sorted(m for m in sys.modules if m.startswith("rcsd.services"))
     assert not loaded and not services, (loaded, services)
     """
 )

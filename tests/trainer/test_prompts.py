@@ -8,9 +8,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from rcsd.client import TeacherClient
+from rcsd.client.prompts import student_prompt_text
 from rcsd.client.protocol import TeacherRequest
-from rcsd.models.prompts import student_prompt_text
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer.prompts import student_prompt_ids
 
 QUESTIONS = [

@@ -19,7 +19,7 @@ import pytest
 from rcsd.client.protocol import Criterion, RubricBounds
 from rcsd.client.protocol.rubric import rubric_problems
 from rcsd.client.protocol.rubric_format import PITFALL_WEIGHT, generation_schema, to_criteria
-from rcsd.trainer.data import Question, shipped_sets
+from rcsd.trainer.data.questions import Question, shipped_sets
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "science"
 RUBRICS = resources.files("rcsd.trainer") / "data" / "rubrics" / "reference_rubrics.jsonl"

@@ -14,9 +14,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rcsd.recipes.evaluate import main as eval_main
+from rcsd.recipes.launch import free_port, wait_until_ok
 from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
-from rcsd.services.launch import free_port, wait_until_ok
-from rcsd.trainer.eval import main as eval_main
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout import HfRollout, SamplingParams
 from rcsd.trainer.rollout.vllm import VllmRollout

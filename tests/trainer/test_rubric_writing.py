@@ -19,10 +19,10 @@ import pytest
 
 from rcsd.client import RubricClient, TeacherClient
 from rcsd.client.protocol import RubricBounds, RubricRequest, TeacherRequest, rubric_problems
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig
-from rcsd.trainer.data import reference_rubrics
+from rcsd.trainer.data.questions import reference_rubrics
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.prompts import rubric_prompt_ids
 from rcsd.trainer.train import main

@@ -7,7 +7,6 @@ with TeacherClient(["http://teacher-0:8000", "http://teacher-1:8000"], api_key=k
     responses = teacher.score_batch([TeacherRequest(question=q, completions=ids, ...)])
 """
 
-from rcsd.client._base import __version__
 from rcsd.client._exceptions import (
     APIConnectionError,
     APIError,
@@ -25,6 +24,7 @@ from rcsd.client._exceptions import (
     RcsdError,
     ServiceUnavailableError,
 )
+from rcsd.client._version import __version__
 from rcsd.client.protocol import (
     CompletionScores,
     Criterion,

@@ -44,9 +44,8 @@ from rcsd.client._exceptions import (
     make_status_error,
 )
 from rcsd.client._replicas import Replica, ReplicaPool
+from rcsd.client._version import __version__
 from rcsd.client.protocol import JSON_MEDIA_TYPE, MSGPACK_MEDIA_TYPE
-
-__version__ = "0.1.0"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ItemT = TypeVar("ItemT")

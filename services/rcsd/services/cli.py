@@ -1,10 +1,8 @@
-"""The `rcsd` command: serve a service, prepare the default model, move the rubric store.
+"""The services' commands: serve a service, move the rubric store (`rcsd serve`, `rcsd rubrics`).
 
     rcsd serve teacher --backend vllm --model PATH_OR_ID [--port 8001 ...]
     rcsd serve rubric  --backend hf   --model PATH_OR_ID [--store-url sqlite:///rubrics.db ...]
-    rcsd prepare-model [--cache-dir DIR]
     rcsd rubrics export|import FILE --store-url URL
-    rcsd demo [--backend hf|vllm ...] [key=value ...]  (RCSD end to end; `rcsd demo --help`)
 
 Service flags are the fields of the service's settings class (`--help` lists them);
 each can also come from an env var `RCSD_TEACHER_<FIELD>` / `RCSD_RUBRIC_<FIELD>`.
@@ -14,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported when used: `rcsd train` / `rcsd eval` run without the services' deps
+if TYPE_CHECKING:  # imported when used: `rcsd rubrics` needs no engine
     from rcsd.services.kit.settings import ServiceSettings
-
-TRAINER_COMMANDS = {"train": "train_main", "eval": "eval_main", "compare": "compare_main"}  # rcsd.trainer.cli
 
 EXIT_LOAD_FAILED = 3  # `rcsd serve`: the engine did not load (the log says why)
 
@@ -82,11 +77,8 @@ def _move_rubrics(direction: str, file: Path, store_url: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`rcsd serve SERVICE [--field value ...]` and `rcsd rubrics export|import FILE --store-url URL`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TRAINER_COMMANDS:
-        import rcsd.trainer.cli
-
-        return getattr(rcsd.trainer.cli, TRAINER_COMMANDS[argv[0]])(argv[1:])
     parser = argparse.ArgumentParser(prog="rcsd", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     # no argparse --help here: `rcsd serve teacher --help` lists the settings class's flags instead
@@ -94,44 +86,19 @@ def main(argv: list[str] | None = None) -> int:
         "serve", add_help=False, help="start a service (see `rcsd serve teacher --help`)"
     )
     serve_cmd.add_argument("service", choices=["teacher", "rubric"])
-    prepare = commands.add_parser("prepare-model", help="convert the bundled SmolLM2 to safetensors, once")
-    prepare.add_argument("--cache-dir", type=Path, default=None)
     move = commands.add_parser("rubrics", help="export or import the rubric store as JSONL")
     move.add_argument("direction", choices=["export", "import"])
     move.add_argument("file", type=Path)
     move.add_argument("--store-url", required=True)
-    commands.add_parser("train", help="train a student (see `rcsd train --help`)", add_help=False)
-    commands.add_parser(
-        "eval", help="evaluate a model on question sets (see `rcsd eval --help`)", add_help=False
-    )
-    commands.add_parser(
-        "compare",
-        help="base, RCSD, OPSD, GRPO on one budget, with a report (`rcsd compare --help`)",
-        add_help=False,
-    )
-    commands.add_parser("demo", help="RCSD end to end on SmolLM2 (see `rcsd demo --help`)", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         from pydantic_settings import CliApp
 
-        settings_class = _settings_class(args.service)
-        settings = CliApp.run(settings_class, cli_args=rest)
+        settings = CliApp.run(_settings_class(args.service), cli_args=rest)
         return serve(settings, args.service)
-    if args.command == "demo":
-        # Set before torch loads: the demo's student shares a small machine with two services, and
-        # spinning OpenMP threads starve them all (greedy SmolLM2 on a busy 2-core box: 4x slower).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from rcsd.services.demo.run import main as demo_main
-
-        return demo_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "prepare-model":
-        from rcsd.models.default import prepare_default_model
-
-        print(prepare_default_model(args.cache_dir))
-        return 0
     return _move_rubrics(args.direction, args.file, args.store_url)
 
 

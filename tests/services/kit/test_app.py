@@ -10,12 +10,12 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.services.cli import EXIT_LOAD_FAILED
 from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.app import LoadedService, create_service_app
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.settings import ServiceSettings
-from rcsd.services.launch import ServiceProcess
 
 
 class _Settings(ServiceSettings):

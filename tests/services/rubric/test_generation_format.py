@@ -19,7 +19,7 @@ from rcsd.client.protocol.rubric_format import (
     to_generation_text,
 )
 from rcsd.services.engines.hf import compile_json_grammar
-from rcsd.trainer.data import reference_rubrics
+from rcsd.trainer.data.questions import reference_rubrics
 
 
 def _item(title: str, words: int = 3, weight: int | None = 5) -> dict:

@@ -18,7 +18,7 @@ from rcsd.client.protocol import (
     RubricResponse,
     rubric_problems,
 )
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 
 # Small bounds keep a random-weight model's maximal-length strings short enough to test quickly.
 BOUNDS = {"min_criteria": 2, "max_criteria": 2}

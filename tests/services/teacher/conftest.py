@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 
 BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 

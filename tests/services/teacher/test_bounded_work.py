@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from rcsd.client.protocol.limits import MAX_QUESTION_CHARS, MAX_RATIONALE_CHARS, MAX_REFERENCE_CHARS
-from rcsd.services.launch import ServiceProcess
+from rcsd.recipes.launch import ServiceProcess
 from tests.services.teacher.payloads import group
 
 SMALL = group("none", [[1, 2, 3]])

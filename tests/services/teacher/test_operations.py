@@ -11,8 +11,8 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.services.engines.identity import tokenizer_hash
-from rcsd.services.launch import ServiceProcess
 from tests.services.teacher.payloads import group
 
 KEY = "s3cret"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from rcsd.client.prompts import designer_prompt_text
 from rcsd.client.protocol import Criterion, RubricBounds, ServiceInfo
 from rcsd.client.protocol.rubric_format import to_generation_text
-from rcsd.models.prompts import designer_prompt_text
 from tests.services.teacher.payloads import (
     QUESTION,
     REFERENCE,

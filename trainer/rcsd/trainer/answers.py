@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 
-from rcsd.trainer.data import LETTERS, Question
+from rcsd.trainer.data.questions import LETTERS, Question
 
 RELATIVE_TOLERANCE = 0.05
 

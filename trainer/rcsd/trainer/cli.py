@@ -1,4 +1,4 @@
-"""`rcsd train`, `rcsd eval`, `rcsd compare`: the trainer's commands, dispatched without the services.
+"""`rcsd train`: the trainer's own command, also what torchrun starts on every rank.
 
     rcsd train CONFIG.yaml [key=value ...] [--resume]
     torchrun --nproc-per-node 2 -m rcsd.trainer.cli train CONFIG.yaml ...
@@ -25,20 +25,6 @@ def train_main(argv: list[str] | None = None) -> int:
 
     main(load_config(args.config, args.overrides), resume=args.resume)
     return 0
-
-
-def eval_main(argv: list[str] | None = None) -> int:
-    """`rcsd eval`: see `rcsd.trainer.eval`."""
-    from rcsd.trainer.eval import main
-
-    return main(argv)
-
-
-def compare_main(argv: list[str] | None = None) -> int:
-    """`rcsd compare`: see `rcsd.trainer.compare_cli` (the services it starts need the services extra)."""
-    from rcsd.trainer.compare_cli import main
-
-    return main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

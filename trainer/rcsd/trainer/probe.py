@@ -20,10 +20,10 @@ import torch
 from rcsd.client import to_padded_tensors
 from rcsd.trainer import losses
 from rcsd.trainer.config import TrainConfig
-from rcsd.trainer.data import load_questions
+from rcsd.trainer.data.questions import load_questions
 from rcsd.trainer.distributed import Dist
 from rcsd.trainer.prompts import student_prompt_ids
-from rcsd.trainer.services import ServiceCalls
+from rcsd.trainer.service_calls import ServiceCalls
 from rcsd.trainer.student import Student, completion_logits, sampled_logprobs
 
 ANSWERS_FILE = "probe_answers.json"

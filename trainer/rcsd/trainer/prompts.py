@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rcsd.client.prompts import DESIGNER_VERSION, chat_prompt_ids, designer_prompt_text, student_prompt_text
 from rcsd.client.protocol import RubricBounds
-from rcsd.models.prompts import DESIGNER_VERSION, chat_prompt_ids, designer_prompt_text, student_prompt_text
 
 
 def student_prompt_ids(tokenizer: Any, question: str, template_version: str = "v1") -> list[int]:

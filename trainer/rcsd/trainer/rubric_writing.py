@@ -27,10 +27,10 @@ import torch
 from rcsd.client.protocol import RubricBounds, TeacherRequest
 from rcsd.client.protocol.rubric_format import to_generation_text
 from rcsd.trainer.config import TrainConfig
-from rcsd.trainer.data import Question, ReferenceRubric, reference_rubrics
+from rcsd.trainer.data.questions import Question, ReferenceRubric, reference_rubrics
 from rcsd.trainer.probe import RecordedProbe
 from rcsd.trainer.prompts import rubric_prompt_ids
-from rcsd.trainer.services import Rubric, Scored, ServiceCalls
+from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
 from rcsd.trainer.student import Student, completion_logits, sampled_logprobs
 
 RESULTS_FILE = "rubric_probe.json"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rcsd.models.dtype import choose_dtype
+from rcsd.loading.dtype import choose_dtype
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig
 
@@ -34,7 +34,7 @@ class Student:
 def resolve_model(name: str) -> str:
     """A folder or a HF id; "default" is the bundled SmolLM2 (converted once)."""
     if name == "default":
-        from rcsd.models.default import prepare_default_model
+        from rcsd.loading.bundled import prepare_default_model
 
         return str(prepare_default_model())
     return name

@@ -38,13 +38,13 @@ from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer import distributed, losses
 from rcsd.trainer.answers import reward
 from rcsd.trainer.config import TrainConfig
-from rcsd.trainer.data import Question, load_questions
+from rcsd.trainer.data.questions import Question, load_questions
 from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
 from rcsd.trainer.probe import Probe, RecordedProbe
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
 from rcsd.trainer.rubric_writing import RubricProbe, RubricWriting
-from rcsd.trainer.services import Rubric, Scored, ServiceCalls
+from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
 from rcsd.trainer.student import Student, completion_logits, load_student, sampled_logprobs
 
 CONFIG_FILE = "config.yaml"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rcsd.client.protocol import ModelInfo
-from rcsd.models.dtype import choose_dtype
+from rcsd.loading.dtype import choose_dtype
 
 logger = logging.getLogger("rcsd.engine")
 
@@ -48,7 +48,7 @@ class EngineConfig:
 
     model: str  # a local folder or a Hugging Face model id
     revision: str | None = None
-    dtype: str = "auto"  # "auto" (see rcsd.models.dtype), "float32", "bfloat16", "float16"
+    dtype: str = "auto"  # "auto" (see rcsd.loading.dtype), "float32", "bfloat16", "float16"
     max_model_len: int | None = None  # None: the model's own
     device: str = "auto"  # hf backend: "cpu", "cuda", "auto"
     adapter: str | None = None  # a LoRA adapter folder served on top of `model`
@@ -62,7 +62,7 @@ class EngineConfig:
 
 
 def with_chosen_dtype(config: EngineConfig, device: str) -> EngineConfig:
-    """`config` with `dtype="auto"` resolved for `device` (rcsd.models.dtype), the reason logged."""
+    """`config` with `dtype="auto"` resolved for `device` (rcsd.loading.dtype), the reason logged."""
     choice = choose_dtype(config.dtype, device)
     logger.info("dtype %s: %s", choice.dtype, choice.reason)
     return dataclasses.replace(config, dtype=choice.dtype)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from rcsd.client.tokenizer_identity import tokenizer_hash
-from rcsd.models.default import default_cache_dir
+from rcsd.loading.bundled import default_cache_dir
 
 __all__ = ["UnresolvedRevision", "folder_fingerprint", "model_revision", "tokenizer_hash"]
 

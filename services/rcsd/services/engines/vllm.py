@@ -64,7 +64,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from rcsd.client.protocol import ModelInfo
-from rcsd.models.default import default_cache_dir
+from rcsd.loading.bundled import default_cache_dir
 from rcsd.services.engines.base import (
     Engine,
     EngineConfig,

@@ -19,6 +19,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from rcsd.client import __version__
 from rcsd.client.protocol import Health, ServiceInfo
 from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.body_limit import BodyLimit
@@ -126,7 +127,7 @@ def create_service_app(
             if state.service is not None:
                 await state.service.aclose()
 
-    app = FastAPI(title=f"rcsd {name} service", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title=f"rcsd {name} service", version=__version__, lifespan=lifespan)
     app.state.rcsd = state
     register_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: after auth

@@ -13,6 +13,7 @@ from functools import partial
 
 from pydantic import ValidationError
 
+from rcsd.client.prompts import chat_prompt_ids, designer_prompt_text, designer_template
 from rcsd.client.protocol import (
     Criterion,
     ItemFailed,
@@ -25,7 +26,6 @@ from rcsd.client.protocol import (
     rubric_problems,
 )
 from rcsd.client.protocol.rubric_format import generation_schema, to_criteria
-from rcsd.models.prompts import chat_prompt_ids, designer_prompt_text, designer_template
 from rcsd.services.engines.base import Engine, GenerationParams
 from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.batch import checked, settle

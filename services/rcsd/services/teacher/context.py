@@ -1,11 +1,11 @@
 """Builds the teacher's privileged context from a request and a versioned template set.
 
 Layouts (chat messages; the completion follows the assistant generation prompt):
-- `none`: the student's own prompt (`rcsd.models.prompts`, the template the trainer samples from).
+- `none`: the student's own prompt (`rcsd.client.prompts`, the template the trainer samples from).
 - privileged modes, no rationale: [user: privileged context + transition].
 - with a rationale: [user: privileged context + rationale request, assistant: rationale,
   user: transition]. The `auto` rationale is generated from exactly that first turn.
-- `rubric_writer`: the rubric writer's own designer prompt (`rcsd.models.prompts`, the rubric
+- `rubric_writer`: the rubric writer's own designer prompt (`rcsd.client.prompts`, the rubric
   service's template `rubric_version`), the plain on-policy context of Stage I.
 - `rubric_writer+reference_rubric`: [user: question, reference answer and the reference rubric in
   the generation format (`rubric_writer_context`) + a transition that repeats the designer prompt].
@@ -15,18 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from rcsd.client.protocol import CONTEXT_MODES, RUBRIC_WRITER_MODES, TeacherRequest
-from rcsd.client.protocol.rubric_format import to_generation_text
-from rcsd.client.protocol.teacher import MODES_SHOWING_REFERENCE, MODES_SHOWING_RUBRIC
-from rcsd.models.prompts import (
+from rcsd.client.prompts import (
     Message,
+    TemplateSet,
     chat_prompt_ids,
     designer_prompt_text,
     designer_template,
     student_prompt_text,
     student_template,
 )
-from rcsd.services.kit.templates import TemplateSet
+from rcsd.client.protocol import CONTEXT_MODES, RUBRIC_WRITER_MODES, TeacherRequest
+from rcsd.client.protocol.rubric_format import to_generation_text
+from rcsd.client.protocol.teacher import MODES_SHOWING_REFERENCE, MODES_SHOWING_RUBRIC
 
 
 class TeacherContext:

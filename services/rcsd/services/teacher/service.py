@@ -8,6 +8,7 @@ import json
 from collections import OrderedDict
 from functools import partial
 
+from rcsd.client.prompts import TemplateSet
 from rcsd.client.protocol import (
     AUTO_RATIONALE,
     RUBRIC_WRITER_MODES,
@@ -26,7 +27,6 @@ from rcsd.services.kit.batch import checked, settle
 from rcsd.services.kit.errors import invalid
 from rcsd.services.kit.metrics import ServiceMetrics
 from rcsd.services.kit.single_flight import SingleFlight
-from rcsd.services.kit.templates import TemplateSet
 from rcsd.services.teacher.context import TeacherContext
 from rcsd.services.teacher.settings import TeacherSettings
 
@@ -40,7 +40,7 @@ class TeacherService:
         self.settings = settings
         self.metrics = metrics
         self.context = TeacherContext(
-            TemplateSet("rcsd.services.teacher", settings.template_version),
+            TemplateSet("teacher_context", settings.template_version),
             engine.tokenizer,
             settings.rubric_template_version,
         )

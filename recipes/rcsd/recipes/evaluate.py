@@ -1,0 +1,307 @@
+"""`rcsd eval`: a model's accuracy on question sets, greedy and sampled (pass@1 averaged over n samples).
+
+    rcsd eval --model default --data scibench_heldout mmlu_physics_heldout --temperature 0 1.0 --n 4
+    rcsd eval --model Qwen/Qwen3-1.7B --adapter runs/rcsd/checkpoints/step-000100/adapter \\
+        --data ../shared/data/science/gpqa_diamond.jsonl --max-new-tokens 4096
+
+The student answers with its own prompt (`rcsd.trainer.prompts`), sampled by the hf rollout engine
+(or, with --vllm-url, by a vLLM server: `rcsd.trainer.rollout.vllm`);
+answers are checked by `rcsd.trainer.answers`. For each set and temperature the report gives accuracy,
+the share of answers with nothing extractable, the share cut off at --max-new-tokens and the mean
+completion length; it prints a table and writes a JSON report with every question's answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rcsd.trainer import checkpoint as ckpt
+from rcsd.trainer.answers import extract_answer, is_correct
+from rcsd.trainer.data.questions import Question, load_questions, resolve_data_path
+from rcsd.trainer.prompts import student_prompt_ids
+from rcsd.trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    max_new_tokens: int = 1024
+    n: int = 4  # samples per question at a temperature > 0 (greedy takes one)
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    batch_size: int = 16  # rows (questions x samples) per generate call
+    template_version: str = "v1"
+
+
+@dataclass
+class SetResult:
+    data: str
+    temperature: float
+    n: int
+    questions: int
+    accuracy: float  # greedy: the share right; sampled: pass@1, the mean share of right samples per question
+    no_answer: float
+    truncated: float
+    mean_completion_tokens: float
+    seconds: float
+    per_question: list[dict[str, Any]] = field(default_factory=list)
+
+
+def evaluate_set(
+    engine: RolloutEngine,
+    tokenizer: Any,
+    name: str,
+    questions: list[Question],
+    temperature: float,
+    settings: EvalSettings,
+    progress: bool = True,
+) -> SetResult:
+    """Sample every question (n times, or once greedily) and score the final answers."""
+    from tqdm import tqdm
+
+    n = 1 if temperature == 0 else settings.n
+    per_chunk = max(1, settings.batch_size // n)
+    started = time.perf_counter()
+    rollouts: list[list[Rollout]] = []
+    with tqdm(
+        total=len(questions) * n, desc=f"{name} T={temperature:g}", unit="answer", disable=not progress
+    ) as bar:
+        for first in range(0, len(questions), per_chunk):
+            chunk = questions[first : first + per_chunk]
+            prompts = [student_prompt_ids(tokenizer, q.prompt_text, settings.template_version) for q in chunk]
+            params = SamplingParams(
+                max_new_tokens=settings.max_new_tokens,
+                temperature=temperature,
+                top_p=settings.top_p,
+                top_k=settings.top_k,
+                seed=settings.seed + first,
+            )
+            rollouts += engine.sample(prompts, params, n=n)
+            bar.update(len(chunk) * n)
+    per_question = [_score(tokenizer, q, group) for q, group in zip(questions, rollouts, strict=True)]
+    samples = [s for q in per_question for s in q["samples"]]
+    return SetResult(
+        data=name,
+        temperature=temperature,
+        n=n,
+        questions=len(questions),
+        accuracy=_mean([q["right"] / n for q in per_question]),
+        no_answer=_mean([s["answer"] is None for s in samples]),
+        truncated=_mean([s["truncated"] for s in samples]),
+        mean_completion_tokens=_mean([s["tokens"] for s in samples]),
+        seconds=time.perf_counter() - started,
+        per_question=per_question,
+    )
+
+
+def _score(tokenizer: Any, question: Question, group: list[Rollout]) -> dict[str, Any]:
+    samples = []
+    for rollout in group:
+        text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
+        answer = extract_answer(text, question.answer_type)
+        samples.append(
+            {
+                "answer": answer,
+                "right": is_correct(answer, question),
+                "truncated": rollout.truncated,
+                "tokens": len(rollout.completion_ids),
+                "text": text,
+            }
+        )
+    return {
+        "id": question.id,
+        "expected": question.answer,
+        "right": sum(s["right"] for s in samples),
+        "samples": samples,
+    }
+
+
+def _mean(values: list[float] | list[bool] | list[int]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def load_model(model: str, adapter: str | None, dtype: str, device: str) -> tuple[Any, Any, str]:
+    """The model (with the peft adapter merged in, if any), its tokenizer and why this dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rcsd.loading.dtype import choose_dtype
+    from rcsd.trainer.student import resolve_model
+
+    model = resolve_model(model)
+    choice = choose_dtype(dtype, device)
+    torch_dtype: Any = "auto" if choice.dtype == "auto" else getattr(torch, choice.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+    if adapter:
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, adapter).merge_and_unload()  # merged: plain generate speed
+    return loaded.to(device).eval(), tokenizer, choice.reason
+
+
+def print_table(results: list[SetResult]) -> None:
+    header = f"{'data':<28}{'T':>5}{'n':>4}{'questions':>11}{'accuracy':>10}{'no answer':>11}{'truncated':>11}{'tokens':>8}"
+    print(header)
+    for r in results:
+        print(
+            f"{r.data:<28}{r.temperature:>5g}{r.n:>4}{r.questions:>11}{r.accuracy:>10.3f}"
+            f"{r.no_answer:>11.3f}{r.truncated:>11.3f}{r.mean_completion_tokens:>8.0f}"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rcsd eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a folder or HF id; 'default' is the bundled SmolLM2")
+    parser.add_argument("--adapter", default=None, help="a peft LoRA adapter folder, merged into the model")
+    parser.add_argument(
+        "--vllm-url",
+        default=None,
+        help="sample from this vLLM OpenAI server (serving --model, with --enable-lora for --adapter)",
+    )
+    parser.add_argument("--data", nargs="+", required=True, help="JSONL files or shipped set names")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[0.0], help="0 is greedy")
+    parser.add_argument("--n", type=int, default=4, help="samples per question at temperature > 0")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--limit", type=int, default=None, help="the first N questions of each set")
+    parser.add_argument("--batch-size", type=int, default=16, help="answers per generate call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--template-version", default="v1")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (default runs/eval-<time>.json)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def checkpoint_weights(base_model: str, run_dir: Path) -> tuple[str, str | None]:
+    """(model, adapter) of a run's latest checkpoint: the base model and its LoRA adapter, or full weights."""
+    latest = ckpt.latest(run_dir)
+    if latest is None:
+        raise FileNotFoundError(f"{run_dir}: training left no checkpoint")
+    weights = ckpt.weights_dir(latest)
+    return (base_model, str(weights)) if weights.name == ckpt.ADAPTER_DIR else (str(weights), None)
+
+
+def open_engine(
+    model: str, adapter: str | None, dtype: str, device: str, batch_size: int, vllm_url: str | None = None
+) -> tuple[RolloutEngine, Any, str]:
+    """The rollout engine to answer with (hf here, or a vLLM server), the tokenizer, where the dtype is from."""
+    if vllm_url is None:
+        from rcsd.trainer.rollout.hf import HfRollout
+
+        loaded, tokenizer, dtype_reason = load_model(model, adapter, dtype, device)
+        return HfRollout(loaded, tokenizer, max_batch_size=batch_size), tokenizer, dtype_reason
+    from transformers import AutoTokenizer
+
+    from rcsd.trainer.rollout.vllm import VllmRollout
+    from rcsd.trainer.student import resolve_model
+
+    engine = VllmRollout(vllm_url)
+    if adapter:
+        engine.load_adapter(Path(adapter))
+    return engine, AutoTokenizer.from_pretrained(resolve_model(model)), f"the vLLM server at {vllm_url}"
+
+
+@dataclass
+class EvalReport:
+    """What `evaluate_checkpoint` measured, as `rcsd eval`, `rcsd compare` and the demo record it."""
+
+    model: str
+    adapter: str | None
+    device: str
+    dtype: str
+    settings: EvalSettings
+    data: dict[str, str]  # set name -> file
+    results: list[SetResult]
+
+    def to_json(self, **extra: Any) -> str:
+        return json.dumps({**extra, **asdict(self)}, indent=1) + "\n"
+
+
+def evaluate_checkpoint(
+    model: str,
+    adapter: str | None,
+    data: Sequence[str],
+    settings: EvalSettings,
+    *,
+    temperatures: Sequence[float] = (0.0,),
+    limit: int | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    vllm_url: str | None = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Every set of `data` at every temperature, answered by `model` (+ `adapter`) with the student prompt."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sets = {_set_name(spec): load_questions([spec])[:limit] for spec in data}
+    engine, tokenizer, dtype_reason = open_engine(
+        model, adapter, dtype, device, settings.batch_size, vllm_url
+    )
+    try:
+        results = [
+            evaluate_set(engine, tokenizer, name, questions, temperature, settings, progress)
+            for name, questions in sets.items()
+            for temperature in temperatures
+        ]
+    finally:
+        engine.close()
+        del engine
+        free_memory()
+    paths = {_set_name(spec): str(resolve_data_path(spec)) for spec in data}
+    return EvalReport(model, adapter, device, dtype_reason, settings, paths, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = EvalSettings(
+        max_new_tokens=args.max_new_tokens,
+        n=args.n,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        template_version=args.template_version,
+    )
+    report = evaluate_checkpoint(
+        args.model,
+        args.adapter,
+        args.data,
+        settings,
+        temperatures=args.temperature,
+        limit=args.limit,
+        dtype=args.dtype,
+        device=args.device,
+        vllm_url=args.vllm_url,
+        progress=not args.no_progress,
+    )
+    out = args.out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.to_json())
+    print_table(report.results)
+    print(f"report: {out}")
+    return 0
+
+
+def _set_name(spec: str) -> str:
+    return Path(spec).stem
+
+
+def free_memory() -> None:
+    """The evaluated model goes before the next one loads (matters on a GPU holding an 8B model)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
