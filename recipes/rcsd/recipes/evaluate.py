@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rcsd.trainer import checkpoint as ckpt
-from rcsd.trainer.answers import extract_answer, is_correct
+from rcsd.trainer.answers import read_answer
 from rcsd.trainer.data.questions import Question, load_questions, resolve_data_path
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
@@ -105,12 +105,12 @@ def _score(tokenizer: Any, question: Question, group: list[Rollout]) -> dict[str
     samples = []
     for rollout in group:
         text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
-        answer = extract_answer(text, question.answer_type)
+        reading = read_answer(text, question)
         samples.append(
             {
-                "answer": answer,
-                "right": is_correct(answer, question),
-                "truncated": rollout.truncated,
+                "answer": reading.answer,
+                "right": bool(reading.correct),
+                "truncated": rollout.truncated or reading.truncated,  # out of tokens, or thinking unclosed
                 "tokens": len(rollout.completion_ids),
                 "text": text,
             }

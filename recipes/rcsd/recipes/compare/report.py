@@ -147,8 +147,8 @@ def _header(config: CompareConfig) -> list[str]:
             if sampled
             else ""
         )
-        + "; answers checked by `rcsd.trainer.answers` (boxed, then choice letter, then last number; "
-        "numeric within 5 %). Accuracy in %.",
+        + "; answers checked by `rcsd.trainer.answers` (after the last </think>; the last boxed or "
+        "stated answer, else the last marked choice or number; numeric within 5 %). Accuracy in %.",
         "",
         "## Results",
         "",
