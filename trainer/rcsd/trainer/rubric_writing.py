@@ -37,7 +37,7 @@ RESULTS_FILE = "rubric_probe.json"
 
 
 class RubricWriting:
-    """The Stage I task: `questions`, `prompt_ids`, and `fetch_rubrics` / `score` as `ServiceCalls` has them."""
+    """The Stage I task (`rcsd.trainer.tasks.Task`): reference rubrics' questions, the rubric prompt."""
 
     def __init__(self, config: TrainConfig, calls: ServiceCalls) -> None:
         self.config, self.calls, self.bounds = config, calls, config.rubric.bounds
@@ -72,6 +72,9 @@ class RubricWriting:
             top_k=self.config.teacher.top_k,
         )
         return self.calls.submit(request)
+
+    def probe(self, student: Student, run_dir: Path) -> RecordedProbe:
+        return RubricProbe(self.config, student, run_dir)
 
 
 @torch.no_grad()

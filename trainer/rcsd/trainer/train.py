@@ -13,8 +13,8 @@ One RCSD step, per rank (each its share of the step's questions):
    each group's loss is weighted by its tokens / the step's global token count, so the update is the
    loss averaged over every valid completion token of every rank;
 4. gradients summed over ranks, optimizer step, the rollout engine follows the new weights.
-Stage I (`stage: rubric_generator`) is the same loop on another task: the student writes rubrics and the
-teacher sees reference rubrics (`rcsd.trainer.rubric_writing`). OPSD is the same with
+Stage I (`stage: rubric_generator`) is the same loop on another task (`rcsd.trainer.tasks`): the student
+writes rubrics and the teacher sees reference rubrics. OPSD is the same with
 `teacher.context_mode=reference` (no rubrics); GRPO replaces the teacher with the
 answer checker's reward and group-normalised advantages. The teacher is whatever the teacher service
 serves: the frozen base model in the released recipe.
@@ -38,14 +38,12 @@ from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer import distributed, losses
 from rcsd.trainer.answers import reward
 from rcsd.trainer.config import TrainConfig
-from rcsd.trainer.data.questions import Question, load_questions
+from rcsd.trainer.data.questions import Question
 from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
-from rcsd.trainer.probe import Probe, RecordedProbe
-from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
-from rcsd.trainer.rubric_writing import RubricProbe, RubricWriting
 from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
 from rcsd.trainer.student import Student, completion_logits, load_student, sampled_logprobs
+from rcsd.trainer.tasks import Task, make_task
 
 CONFIG_FILE = "config.yaml"
 
@@ -60,6 +58,29 @@ class Group:
     rubric: Rubric | None
 
 
+@dataclass
+class Run:
+    """What every step uses: the config, the ranks, the student and its optimiser, the task, the engine."""
+
+    config: TrainConfig
+    dist: distributed.Dist
+    student: Student
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    task: Task
+    has_teacher: bool
+    engine: RolloutEngine
+    order: DataOrder
+    first_step: int
+    position: int  # the data position of `first_step`
+
+    def step_questions(self, step: int) -> list[tuple[int, Question]]:
+        """This rank's share of step `step`'s questions, with their global data positions."""
+        start = self.position + (step - self.first_step) * self.config.prompts_per_step
+        share = self.dist.share(self.config.prompts_per_step)
+        return [(start + i, self.task.questions[self.order.index(start + i)]) for i in share]
+
+
 def main(config: TrainConfig, *, resume: bool = False) -> Path:
     """Train for `config.steps` optimizer steps (continuing the latest checkpoint with `resume`)."""
     dist = distributed.setup(config.device)
@@ -72,6 +93,57 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
     torch.manual_seed(config.seed)
 
     student = load_student(config, dist.device, resume_from)
+    calls = ServiceCalls(config)
+    task = make_task(config, calls)
+    teacher_name = calls.check_teacher(
+        student.tokenizer, student.model.get_output_embeddings().weight.shape[0]
+    )
+    run = _start(config, dist, student, task, calls.teacher is not None, run_dir, resume_from)
+    probe = task.probe(student, run_dir)
+    logger = (
+        RunLogger(
+            run_dir,
+            total_steps=config.steps,
+            first_step=run.first_step,
+            tensorboard=config.tensorboard,
+            progress=config.progress,
+        )
+        if dist.is_main
+        else NullLogger()
+    )
+    if dist.is_main:
+        print(f"student {student.model_path} ({student.dtype_reason}); teacher {teacher_name}; run {run_dir}")
+    try:
+        if probe is not None and run.first_step == 0:
+            probe.measure("before", dist)
+        rubrics_ahead: dict[int, list[Future[Rubric]]] = {}
+        for step in range(run.first_step, config.steps):
+            logger.log(step + 1, train_step(run, step, rubrics_ahead))
+            _maybe_checkpoint(run, step + 1, run_dir)
+        if probe is not None:
+            probe.measure("after", dist)
+    finally:  # also when a step fails: worker threads, HTTP clients and the process group go
+        logger.close()
+        calls.close()
+        run.engine.close()
+        distributed.teardown()
+    if dist.is_main and config.plots:
+        plot_curves(run_dir)
+    if dist.is_main and probe is not None:
+        print(probe.write_report())
+    return run_dir
+
+
+def _start(
+    config: TrainConfig,
+    dist: distributed.Dist,
+    student: Student,
+    task: Task,
+    has_teacher: bool,
+    run_dir: Path,
+    resume_from: Path | None,
+) -> Run:
+    """The optimiser and schedule (restored from `resume_from`), the data order and the rollout engine."""
     optimizer = torch.optim.AdamW(
         student.trainable,
         lr=config.lr,
@@ -87,144 +159,109 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
         scheduler.load_state_dict(state.scheduler)
         first_step, position = state.step, state.data_position
     dist.broadcast_parameters(student.trainable)
-
-    calls = ServiceCalls(config)
-    # Stage I writes rubrics for the reference rubrics' questions: it gets from `writing` what Stage II
-    # gets from `calls` (the step's rubrics, teacher scores), and its own prompts
-    writing = RubricWriting(config, calls) if config.stage == "rubric_generator" else None
-    tasks = writing or calls
-    questions = writing.questions if writing else load_questions(config.data)[: config.data_limit]
-    order = DataOrder(len(questions), config.seed)
-    teacher_name = calls.check_teacher(
-        student.tokenizer, student.model.get_output_embeddings().weight.shape[0]
-    )
+    order = DataOrder(len(task.questions), config.seed)
     engine = _rollout_engine(config, student, dist, run_dir)
-    probe: RecordedProbe | None = RubricProbe(config, student, run_dir) if writing else None
-    if writing is None and config.probe.data:
-        probe = Probe(config, student, calls, run_dir)
-    logger = (
-        RunLogger(
-            run_dir,
-            total_steps=config.steps,
-            first_step=first_step,
-            tensorboard=config.tensorboard,
-            progress=config.progress,
-        )
-        if dist.is_main
-        else NullLogger()
+    return Run(
+        config, dist, student, optimizer, scheduler, task, has_teacher, engine, order, first_step, position
     )
-    if dist.is_main:
-        print(f"student {student.model_path} ({student.dtype_reason}); teacher {teacher_name}; run {run_dir}")
-    if probe is not None and first_step == 0:
-        probe.measure("before", dist)
 
-    def step_questions(step: int) -> list[tuple[int, Question]]:
-        """This rank's share of step `step`'s questions, with their global data positions."""
-        start = position + (step - first_step) * config.prompts_per_step
-        share = dist.share(config.prompts_per_step)
-        return [(start + i, questions[order.index(start + i)]) for i in share]
 
-    try:
-        rubrics_ahead: dict[int, list[Future[Rubric]]] = {}
-        for step in range(first_step, config.steps):
-            times: dict[str, float] = defaultdict(float)
-            step_started = time.perf_counter()
-            mine = step_questions(step)
+def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]]]) -> dict[str, float]:
+    """One optimizer step on this rank's share of step `step`; returns the step's metrics (all ranks)."""
+    config, task = run.config, run.task
+    times: dict[str, float] = defaultdict(float)
+    step_started = time.perf_counter()
+    mine = run.step_questions(step)
 
-            # 1. rubrics: this step's were sent during the last one; send the next step's now
-            if step not in rubrics_ahead:
-                rubrics_ahead[step] = tasks.fetch_rubrics([q for _, q in mine])
-            if config.overlap and step + 1 < config.steps:
-                rubrics_ahead[step + 1] = tasks.fetch_rubrics([q for _, q in step_questions(step + 1)])
-            started = time.perf_counter()
-            rubrics = [f.result() for f in rubrics_ahead.pop(step)] or [None] * len(mine)
-            times["rubrics"] = time.perf_counter() - started
+    # 1. rubrics: this step's were sent during the last one; send the next step's now
+    if step not in rubrics_ahead:
+        rubrics_ahead[step] = task.fetch_rubrics([q for _, q in mine])
+    if config.overlap and step + 1 < config.steps:
+        rubrics_ahead[step + 1] = task.fetch_rubrics([q for _, q in run.step_questions(step + 1)])
+    started = time.perf_counter()
+    rubrics = [f.result() for f in rubrics_ahead.pop(step)] or [None] * len(mine)
+    times["rubrics"] = time.perf_counter() - started
 
-            # 2. rollouts, group by group; each group goes to the teacher as soon as it exists
-            started = time.perf_counter()
-            groups: list[Group] = []
-            scoring: list[Future[Scored]] = []
-            student.model.eval()
-            for (pos, question), rubric in zip(mine, rubrics, strict=True):
-                prompt = (
-                    writing.prompt_ids(student.tokenizer, question)
-                    if writing
-                    else student_prompt_ids(student.tokenizer, question.prompt_text)
-                )
-                params = SamplingParams(
-                    max_new_tokens=config.sampling.max_new_tokens,
-                    temperature=config.sampling.temperature,
-                    top_p=config.sampling.top_p,
-                    top_k=config.sampling.top_k,
-                    seed=_group_seed(config.seed, pos),
-                )
-                [rollouts] = engine.sample([prompt], params, n=config.rollouts_per_prompt)
-                groups.append(Group(pos, question, rollouts, rubric))
-                if config.overlap and calls.teacher is not None:
-                    scoring.append(tasks.score(question, rubric, _ids(groups[-1])))
-            if not config.overlap and calls.teacher is not None:  # the baseline: score after sampling
-                scoring = [tasks.score(g.question, g.rubric, _ids(g)) for g in groups]
-            student.model.train()
-            times["rollout"] = time.perf_counter() - started
-            local_tokens = sum(len(r.completion_ids) for g in groups for r in g.rollouts)
-            [global_tokens] = dist.sum([float(local_tokens)])
+    # 2. rollouts, group by group; each group goes to the teacher as soon as it exists
+    started = time.perf_counter()
+    groups, scoring = _sample_groups(run, mine, rubrics)
+    times["rollout"] = time.perf_counter() - started
+    local_tokens = sum(len(r.completion_ids) for g in groups for r in g.rollouts)
+    [global_tokens] = run.dist.sum([float(local_tokens)])
 
-            # 3. per group: teacher scores (waited for only if not there yet), student logits, loss, backward
-            sums: dict[str, float] = defaultdict(float)
-            for i, group in enumerate(groups):
-                started = time.perf_counter()
-                scored = scoring[i].result() if scoring else None
-                times["teacher_wait"] += time.perf_counter() - started
-                started = time.perf_counter()
-                loss, weight = _group_loss(config, student, group, scored, sums)
-                (loss * weight / max(global_tokens, 1.0)).backward()
-                times["student"] += time.perf_counter() - started
+    # 3. per group: teacher scores (waited for only if not there yet), student logits, loss, backward
+    sums: dict[str, float] = defaultdict(float)
+    for i, group in enumerate(groups):
+        started = time.perf_counter()
+        scored = scoring[i].result() if scoring else None
+        times["teacher_wait"] += time.perf_counter() - started
+        started = time.perf_counter()
+        loss, weight = _group_loss(config, run.student, group, scored, sums)
+        (loss * weight / max(global_tokens, 1.0)).backward()
+        times["student"] += time.perf_counter() - started
 
-            # 4. one optimizer step on the global average, then the rollout engine follows the new weights
-            started = time.perf_counter()
-            dist.sum_gradients(student.trainable)
-            if config.grad_clip is not None:
-                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(student.trainable, config.grad_clip))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            times["optimizer"] = time.perf_counter() - started
-            started = time.perf_counter()
-            engine.update(student.model)
-            times["update"] = time.perf_counter() - started
-            times["step"] = time.perf_counter() - step_started
+    # 4. one optimizer step on the global average, then the rollout engine follows the new weights
+    started = time.perf_counter()
+    run.dist.sum_gradients(run.student.trainable)
+    if config.grad_clip is not None:
+        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(run.student.trainable, config.grad_clip))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    times["optimizer"] = time.perf_counter() - started
+    started = time.perf_counter()
+    run.engine.update(run.student.model)
+    times["update"] = time.perf_counter() - started
+    times["step"] = time.perf_counter() - step_started
+    return _step_metrics(config, run.dist, sums, times, run.scheduler.get_last_lr()[0])
 
-            done = step + 1
-            logger.log(done, _step_metrics(config, dist, sums, times, scheduler.get_last_lr()[0]))
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                state = ckpt.TrainerState(
-                    step=done,
-                    data_position=position + (done - first_step) * config.prompts_per_step,
-                    optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(),
-                )
-                ckpt.save(
-                    ckpt.checkpoint_dir(run_dir, done),
-                    student.model,
-                    student.tokenizer,
-                    state,
-                    is_lora=student.is_lora,
-                    rank=dist.rank,
-                    barrier=dist.barrier,
-                )
 
-        if probe is not None:
-            probe.measure("after", dist)
-    finally:  # also when a step fails: worker threads, HTTP clients and the process group go
-        logger.close()
-        calls.close()
-        engine.close()
-        distributed.teardown()
-    if dist.is_main and config.plots:
-        plot_curves(run_dir)
-    if dist.is_main and probe is not None:
-        print(probe.write_report())
-    return run_dir
+def _sample_groups(
+    run: Run, mine: list[tuple[int, Question]], rubrics: list[Rubric | None]
+) -> tuple[list[Group], list[Future[Scored]]]:
+    """Each question's group of answers; with `overlap`, each is sent for scoring as soon as it exists."""
+    config, student = run.config, run.student
+    groups: list[Group] = []
+    scoring: list[Future[Scored]] = []
+    student.model.eval()
+    for (pos, question), rubric in zip(mine, rubrics, strict=True):
+        params = SamplingParams(
+            max_new_tokens=config.sampling.max_new_tokens,
+            temperature=config.sampling.temperature,
+            top_p=config.sampling.top_p,
+            top_k=config.sampling.top_k,
+            seed=_group_seed(config.seed, pos),
+        )
+        prompt = run.task.prompt_ids(student.tokenizer, question)
+        [rollouts] = run.engine.sample([prompt], params, n=config.rollouts_per_prompt)
+        groups.append(Group(pos, question, rollouts, rubric))
+        if config.overlap and run.has_teacher:
+            scoring.append(run.task.score(question, rubric, _ids(groups[-1])))
+    if not config.overlap and run.has_teacher:  # the baseline: score after sampling
+        scoring = [run.task.score(g.question, g.rubric, _ids(g)) for g in groups]
+    student.model.train()
+    return groups, scoring
+
+
+def _maybe_checkpoint(run: Run, done: int, run_dir: Path) -> None:
+    config = run.config
+    if done % config.checkpoint_every and done != config.steps:
+        return
+    state = ckpt.TrainerState(
+        step=done,
+        data_position=run.position + (done - run.first_step) * config.prompts_per_step,
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
+    )
+    ckpt.save(
+        ckpt.checkpoint_dir(run_dir, done),
+        run.student.model,
+        run.student.tokenizer,
+        state,
+        is_lora=run.student.is_lora,
+        rank=run.dist.rank,
+        barrier=run.dist.barrier,
+    )
 
 
 def _rollout_engine(

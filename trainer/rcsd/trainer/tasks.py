@@ -1,0 +1,72 @@
+"""What the loop trains on: a task gives the items, the student's prompt for one, rubrics, teacher scores.
+
+The loop (`rcsd.trainer.train`) is the same for both stages; only the task differs:
+- `AnsweringQuestions` (Stage II, `stage: reasoner`): science questions answered with the student's own
+  prompt, rubrics from the rubric service, the teacher's scores of the answers;
+- `RubricWriting` (Stage I, `stage: rubric_generator`, `rcsd.trainer.rubric_writing`): the student writes
+  rubrics, and the teacher sees the reference rubrics.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Protocol
+
+from rcsd.trainer.config import TrainConfig
+from rcsd.trainer.data.questions import Question, load_questions
+from rcsd.trainer.probe import Probe, RecordedProbe
+from rcsd.trainer.prompts import student_prompt_ids
+from rcsd.trainer.rubric_writing import RubricWriting
+from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
+from rcsd.trainer.student import Student
+
+
+class Task(Protocol):
+    questions: list[Question]
+
+    def prompt_ids(self, tokenizer: Any, question: Question) -> list[int]:
+        """The student's prompt for `question`: what it samples after and what the teacher repeats."""
+        ...
+
+    def fetch_rubrics(self, questions: list[Question]) -> list[Future[Rubric]]:
+        """One future per question (sent now), or an empty list when the method needs no rubric."""
+        ...
+
+    def score(
+        self, question: Question, rubric: Rubric | None, completions: list[list[int]]
+    ) -> Future[Scored]:
+        """The teacher's scores of one group's completions, sent now."""
+        ...
+
+    def probe(self, student: Student, run_dir: Path) -> RecordedProbe | None:
+        """The held-out measure taken before the first step and after the last, if any."""
+        ...
+
+
+class AnsweringQuestions:
+    """Stage II: the student answers the training questions with its own prompt."""
+
+    def __init__(self, config: TrainConfig, calls: ServiceCalls) -> None:
+        self.config, self.calls = config, calls
+        self.questions = load_questions(config.data)[: config.data_limit]
+
+    def prompt_ids(self, tokenizer: Any, question: Question) -> list[int]:
+        return student_prompt_ids(tokenizer, question.prompt_text)
+
+    def fetch_rubrics(self, questions: list[Question]) -> list[Future[Rubric]]:
+        return self.calls.fetch_rubrics(questions)
+
+    def score(
+        self, question: Question, rubric: Rubric | None, completions: list[list[int]]
+    ) -> Future[Scored]:
+        return self.calls.score(question, rubric, completions)
+
+    def probe(self, student: Student, run_dir: Path) -> RecordedProbe | None:
+        return Probe(self.config, student, self.calls, run_dir) if self.config.probe.data else None
+
+
+def make_task(config: TrainConfig, calls: ServiceCalls) -> Task:
+    if config.stage == "rubric_generator":
+        return RubricWriting(config, calls)
+    return AnsweringQuestions(config, calls)
