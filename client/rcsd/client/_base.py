@@ -8,14 +8,12 @@ httpx.Client + threads + time.sleep versus httpx.AsyncClient + tasks + asyncio.s
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TypeVar
 
@@ -23,6 +21,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from rcsd.client import codec
+from rcsd.client._call import Attempts, CallOptions, Timeout, as_timeout, capped, retry_after_s
 from rcsd.client._constants import (
     API_KEY_ENV,
     DEFAULT_DEADLINE,
@@ -52,33 +51,8 @@ ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 SyncClientT = TypeVar("SyncClientT", bound="SyncAPIClient")
 AsyncClientT = TypeVar("AsyncClientT", bound="AsyncAPIClient")
-Timeout = float | httpx.Timeout
 _SLOW_NOT_DEAD = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
-
-
-@dataclass(frozen=True)
-class CallOptions:
-    """What one logical call shares across its retries and parts."""
-
-    request_id: str
-    timeout: httpx.Timeout
-    deadline_at: float  # time.monotonic() by which the whole call ends
-    started_at: float
-
-    def part(self, name: int | str) -> CallOptions:
-        """Options of one part of a split call: same deadline, a derived request id."""
-        return replace(self, request_id=f"{self.request_id}-{name}")
-
-
-@dataclass
-class _Attempts:
-    method: str
-    path: str
-    content: bytes | None
-    options: CallOptions
-    pinned: Replica | None
-    count: int = 0
 
 
 class BaseClient:
@@ -106,7 +80,7 @@ class BaseClient:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self._pool = ReplicaPool(urls, cooldown=replica_cooldown)
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        self.timeout = _as_timeout(timeout)
+        self.timeout = as_timeout(timeout)
         self.max_retries = max_retries
         self.deadline = deadline
         self.binary = binary
@@ -125,7 +99,7 @@ class BaseClient:
         now = time.monotonic()
         return CallOptions(
             request_id=request_id or uuid.uuid4().hex,
-            timeout=self.timeout if timeout is None else _as_timeout(timeout),
+            timeout=self.timeout if timeout is None else as_timeout(timeout),
             deadline_at=now + self.deadline,
             started_at=now,
         )
@@ -137,12 +111,12 @@ class BaseClient:
         body: BaseModel | None,
         options: CallOptions,
         pinned: Replica | None,
-    ) -> _Attempts:
+    ) -> Attempts:
         content = body.model_dump_json().encode() if body is not None else None
-        return _Attempts(method, path, content, options, pinned)
+        return Attempts(method, path, content, options, pinned)
 
     def _build_request(
-        self, http: httpx.Client | httpx.AsyncClient, call: _Attempts, replica: Replica
+        self, http: httpx.Client | httpx.AsyncClient, call: Attempts, replica: Replica
     ) -> httpx.Request:
         headers = {
             "Accept": MSGPACK_MEDIA_TYPE if self.binary else JSON_MEDIA_TYPE,
@@ -159,7 +133,7 @@ class BaseClient:
             replica.url + call.path,
             content=call.content,
             headers=headers,
-            timeout=_capped(call.options.timeout, remaining),
+            timeout=capped(call.options.timeout, remaining),
         )
 
     def _parse(self, response: httpx.Response, cast_to: type[ModelT]) -> ModelT:
@@ -176,7 +150,7 @@ class BaseClient:
 
     def _after_failure(
         self,
-        call: _Attempts,
+        call: Attempts,
         replica: Replica,
         *,
         response: httpx.Response | None = None,
@@ -200,7 +174,7 @@ class BaseClient:
             status = response.status_code
             if not (status in (408, 429) or status >= 500):
                 raise exc  # other 4xx: the request itself is wrong; never retried
-            retry_after = _retry_after(response.headers)
+            retry_after = retry_after_s(response.headers)
             if status == 429:
                 self._pool.busy(replica, retry_after)
             elif status == 500:
@@ -215,11 +189,11 @@ class BaseClient:
             raise exc
         return delay
 
-    def _may_resend(self, call: _Attempts) -> bool:
+    def _may_resend(self, call: Attempts) -> bool:
         """After a read timeout: the request reached the server, which may still be working on it."""
         return call.method in _IDEMPOTENT or self.retry_read_timeouts
 
-    def _retry_delay(self, call: _Attempts, replica: Replica, retry_after: float | None) -> float:
+    def _retry_delay(self, call: Attempts, replica: Replica, retry_after: float | None) -> float:
         if call.pinned is None and self._pool.has_other_ready(replica):
             return 0.0  # another replica is up: go there now
         if retry_after is not None and retry_after <= MAX_RETRY_AFTER:
@@ -232,7 +206,7 @@ class BaseClient:
 
     def _probe_done(self, replica: Replica, response: httpx.Response | None) -> bool:
         ok = response is not None and response.status_code == 200
-        retry_after = None if response is None else _retry_after(response.headers)
+        retry_after = None if response is None else retry_after_s(response.headers)
         self._pool.probed(replica, ok, retry_after)
         return ok
 
@@ -386,30 +360,3 @@ class AsyncAPIClient(BaseClient):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-
-def _as_timeout(timeout: Timeout) -> httpx.Timeout:
-    return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-
-
-def _capped(timeout: httpx.Timeout, remaining: float) -> httpx.Timeout:
-    """The attempt's timeout, no part of it past the call's deadline."""
-    remaining = max(remaining, 0.001)
-    parts = timeout.as_dict()
-    return httpx.Timeout(**{k: remaining if v is None else min(v, remaining) for k, v in parts.items()})
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """Retry-After in seconds (a number or an HTTP date), None when absent or unreadable."""
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from rcsd.client._base import AsyncAPIClient, CallOptions, SyncAPIClient, Timeout
+from rcsd.client._base import AsyncAPIClient, SyncAPIClient
+from rcsd.client._call import CallOptions, Timeout
 from rcsd.client._exceptions import RcsdError, raise_for_items
 from rcsd.client._splitting import caller_error
 from rcsd.client.protocol import (

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rcsd.client._base import AsyncAPIClient, CallOptions, SyncAPIClient, Timeout
+from rcsd.client._base import AsyncAPIClient, SyncAPIClient
+from rcsd.client._call import CallOptions, Timeout
 from rcsd.client._exceptions import IncompatibleTokenizerError, raise_for_items
 from rcsd.client._splitting import ScorePlan, TeacherLimits
 from rcsd.client.protocol import (
