@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# questions_file, trainer_services: one session-wide definition for tests/trainer and tests/recipes
+pytest_plugins = ["tests.fixtures.services"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -29,9 +29,9 @@ from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.train import main
+from tests.fixtures.services import QUESTIONS
 from tests.reliability.faults import crash_and_restart
 from tests.trainer.configs import adapter_weights, answer_config
-from tests.trainer.conftest import QUESTIONS
 
 STEPS = 4
 
