@@ -1,19 +1,69 @@
-"""Settings every service shares; each service subclasses once (one class per service)."""
+"""Settings every service shares; each service subclasses once (one class per service).
+
+Kubernetes service links: in a pod with `enableServiceLinks` (its default), a Service named
+`rcsd-teacher` puts `RCSD_TEACHER_PORT=tcp://10.x.y.z:8001` in the environment, the very name of the
+teacher's `port` setting. Such a value is ignored, with a warning, and the setting keeps its flag or
+its default. Failing instead would crash-loop a pod over a variable nobody wrote, depending on
+whether the Service existed when the pod was created; the value carries no intent, and a port the
+operator sets (container `env`/`envFrom`) always replaces the injected one, so nothing is lost.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+import re
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from rcsd.services.engines.base import EngineConfig
+
+log = logging.getLogger(__name__)
+
+# What Kubernetes injects as <SERVICE>_PORT and <SERVICE>_PORT_<port>_<PROTO>; no setting takes it.
+SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://[0-9a-fA-F.:\[\]]+:[0-9]+")
+
+
+class _EnvWithoutServiceLinks(EnvSettingsSource):
+    """The env vars, less the values Kubernetes' service links put under a setting's name."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        value, key, is_complex = super().get_field_value(field, field_name)
+        if isinstance(value, str) and SERVICE_LINK.fullmatch(value.strip()):
+            name = f"{self.env_prefix}{field_name}".upper()
+            log.warning(
+                "ignoring %s=%s: a Kubernetes service-link variable, not a setting; %s comes from its flag "
+                "or its default (set enableServiceLinks: false on the pod to drop these variables)",
+                name,
+                value,
+                field_name,
+            )
+            return None, key, is_complex
+        return value, key, is_complex
 
 
 class ServiceSettings(BaseSettings):
     """Read from env vars (`RCSD_<SERVICE>_<FIELD>`) and CLI flags (`--field-name`)."""
 
     model_config = SettingsConfigDict(extra="forbid", cli_kebab_case=True, cli_implicit_flags=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvWithoutServiceLinks(settings_cls), dotenv_settings, file_secret_settings
 
     # where it listens
     host: str = "127.0.0.1"
@@ -48,6 +98,11 @@ class ServiceSettings(BaseSettings):
         default=16 * 2**20, ge=1024, description="larger request bodies get 413 before they are parsed"
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429/503")
+    graceful_shutdown_s: float = Field(
+        default=10,
+        ge=0,
+        description="on SIGTERM: how long requests in flight may finish before they are cancelled",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def engine_config(self, adapter: str | None = None, max_top_k: int = 0) -> EngineConfig:
