@@ -5,87 +5,94 @@ and every overlay patch must target a resource that exists. Each complete resour
 against the Kubernetes OpenAPI schema of `K8S_VERSION` with kubernetes-validate (strict: an unknown
 field fails). Where `kubectl` is installed (it is on this project's machines) its built-in kustomize
 renders each overlay, and the rendered resources are validated and checked against the services'
-real settings classes.
+real settings classes. The trainer's manifests: test_k8s_trainer.py; the opt-in monitoring and
+autoscaling and the dashboard: test_k8s_observability.py; deploy/README.md's walk: test_k8s_readme.py.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
-import yaml
 
+from rcsd.client._constants import DEFAULT_TIMEOUT
 from rcsd.services.kit.settings import ServiceSettings
 from rcsd.services.rubric.settings import RubricSettings
 from rcsd.services.teacher.settings import TeacherSettings
+from rcsd.trainer.config import ServicesConfig
+from tests.deploy.k8s_render import (
+    K8S,
+    K8S_VERSION,
+    ROOT,
+    Rendered,
+    Resource,
+    container,
+    documents,
+    env_of,
+    kustomization,
+    pod_spec,
+    render,
+    resource_id,
+    resources_of,
+    secret_refs,
+    validate,
+    workloads,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(path.name for path in (K8S / "overlays").iterdir())
-K8S_VERSION = "1.30.0"  # the oldest Kubernetes these manifests claim to work on
 SERVICES: dict[str, type[ServiceSettings]] = {"teacher": TeacherSettings, "rubric": RubricSettings}
 # Created with kubectl before the gpu overlay is applied (deploy/README.md), never committed.
 EXTERNAL_SECRETS = {"gpu": {"rcsd-api-key", "rcsd-postgres"}, "dev": set()}
-
-Resource = dict[str, Any]
-
-
-def _documents(path: Path) -> list[Resource]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def _kustomization(directory: Path) -> Resource:
-    (document,) = _documents(directory / "kustomization.yaml")
-    return document
+# Kustomizations the overlays do not include, each with the one its patches apply to (opt-in components).
+OTHER_KUSTOMIZATIONS = {
+    "trainer": None,
+    "experiments/rcsd": None,
+    "experiments/opsd": None,
+    "components/rollout-server": "trainer",
+    "components/monitoring": "overlays/gpu",
+    "components/keda": "overlays/gpu",
+}
 
 
-def _resources(directory: Path) -> Iterator[tuple[Path, Resource]]:
-    """Every complete resource a kustomization pulls in (its resources and components, recursively)."""
-    kustomization = _kustomization(directory)
-    for entry in kustomization.get("resources", []) + kustomization.get("components", []):
-        path = directory / entry
-        if path.is_dir():
-            yield from _resources(path)
-        else:
-            yield from ((path, doc) for doc in _documents(path))
+def kustomization_problems(directory: Path, outer: frozenset[tuple[str, str]] = frozenset()) -> list[str]:
+    """What kustomize would trip on: missing files, patches, replicas or images that match nothing.
 
-
-def _id(resource: Resource) -> tuple[str, str]:
-    return resource["kind"], resource["metadata"]["name"]
-
-
-def kustomization_problems(directory: Path) -> list[str]:
-    """What kustomize would trip on: missing files, patches, replicas or images that match nothing."""
+    `outer`: the resources of the kustomization that includes this one as a component (its patches
+    target those)."""
     problems: list[str] = []
     if not (directory / "kustomization.yaml").is_file():
         return [f"{directory}: no kustomization.yaml"]
-    kustomization = _kustomization(directory)
-    for entry in kustomization.get("resources", []) + kustomization.get("components", []):
-        path = directory / entry
-        if path.is_dir():
-            problems += kustomization_problems(path)
-        elif not path.is_file():
+    spec = kustomization(directory)
+    for entry in spec.get("resources", []) + spec.get("components", []):
+        if not (directory / entry).exists():
             problems.append(f"{directory.name}: {entry} does not exist")
     if problems:
         return problems
+    for entry in spec.get("resources", []):
+        if (directory / entry).is_dir():
+            problems += kustomization_problems(directory / entry)
+    own = {resource_id(resource) for _, resource in resources_of(directory, components=False)} | outer
+    for entry in spec.get("components", []):
+        problems += kustomization_problems(directory / entry, frozenset(own))
+    if problems:
+        return problems
 
-    ids = {_id(resource) for _, resource in _resources(directory)}
+    ids = {resource_id(resource) for _, resource in resources_of(directory)} | outer
     images = {
-        container["image"]
-        for _, resource in _resources(directory)
-        for container in resource.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+        c["image"]
+        for _, resource in resources_of(directory)
+        for c in resource.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
     }
-    for patch in kustomization.get("patches", []):
+    for patch in spec.get("patches", []):
         if "target" in patch:
             targets = [(patch["target"]["kind"], patch["target"]["name"])]
         elif (directory / patch["path"]).is_file():
-            targets = [_id(doc) for doc in _documents(directory / patch["path"])]
+            targets = [resource_id(doc) for doc in documents(directory / patch["path"])]
         else:
             problems.append(f"{directory.name}: patch {patch['path']} does not exist")
             continue
@@ -94,37 +101,25 @@ def kustomization_problems(directory: Path) -> list[str]:
             for kind, name in targets
             if (kind, name) not in ids
         ]
-    for replicas in kustomization.get("replicas", []):
+    for replicas in spec.get("replicas", []):
         if not {("Deployment", replicas["name"]), ("StatefulSet", replicas["name"])} & ids:
             problems.append(f"{directory.name}: replicas for {replicas['name']}, which is no workload")
-    problems += [
-        f"{directory.name}: image {image['name']} is used by no container"
-        for image in kustomization.get("images", [])
-        if image["name"] not in images
-    ]
+    if not outer:  # a component's images may name its includer's containers
+        problems += [
+            f"{directory.name}: image {image['name']} is used by no container"
+            for image in spec.get("images", [])
+            if image["name"] not in images
+        ]
     return problems
 
 
-def _render(overlay: Path) -> list[Resource]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("no kubectl (its built-in kustomize renders the overlays)")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
 @pytest.fixture(scope="module", params=OVERLAYS)
-def rendered(request: pytest.FixtureRequest) -> tuple[str, dict[tuple[str, str], Resource]]:
-    resources = _render(K8S / "overlays" / request.param)
-    return request.param, {_id(resource): resource for resource in resources}
+def rendered(request: pytest.FixtureRequest) -> tuple[str, Rendered]:
+    return request.param, render(K8S / "overlays" / request.param)
 
 
 def _container(deployment: Resource) -> Resource:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return container
+    return container(deployment)
 
 
 def test_overlays_exist() -> None:
@@ -151,17 +146,31 @@ def test_a_patch_of_a_missing_resource_is_caught(tmp_path: Path) -> None:
         assert broken.returncode != 0, "kustomize agrees"
 
 
+@pytest.mark.parametrize("other", sorted(OTHER_KUSTOMIZATIONS))
+def test_the_other_kustomizations_list_files_that_exist(other: str) -> None:
+    includer = OTHER_KUSTOMIZATIONS[other]
+    outer = frozenset(resource_id(r) for _, r in resources_of(K8S / includer)) if includer else frozenset()
+    assert kustomization_problems(K8S / other, outer) == []
+
+
 def test_every_resource_matches_the_kubernetes_schema() -> None:
-    for base in (K8S / "base", K8S / "components" / "postgres"):
-        for path, resource in _resources(base):
+    directories = [K8S / "overlays" / overlay for overlay in OVERLAYS] + [
+        K8S / o for o in OTHER_KUSTOMIZATIONS
+    ]
+    for directory in directories:
+        for path, resource in resources_of(directory):
+            if resource["kind"] in {"ServiceMonitor", "ScaledObject"}:
+                continue  # custom resources: k8s_render.crd_problems, on the rendered overlays
             try:
                 kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
             except kubernetes_validate.ValidationError as error:
-                pytest.fail(f"{path.relative_to(ROOT)} {_id(resource)}: {error}")
+                pytest.fail(f"{path.relative_to(ROOT)} {resource_id(resource)}: {error}")
 
 
 def test_the_schema_check_catches_a_misspelled_field() -> None:
-    (deployment,) = [r for _, r in _resources(K8S / "base") if _id(r) == ("Deployment", "rcsd-teacher")]
+    (deployment,) = [
+        r for _, r in resources_of(K8S / "base") if resource_id(r) == ("Deployment", "rcsd-teacher")
+    ]
     container = _container(deployment)
     container["readinesProbe"] = container.pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
@@ -170,8 +179,7 @@ def test_the_schema_check_catches_a_misspelled_field() -> None:
 
 def test_rendered_overlays_match_the_kubernetes_schema(rendered: Any) -> None:
     _, resources = rendered
-    for resource in resources.values():
-        kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+    validate(resources)
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -234,29 +242,39 @@ def test_services_select_their_deployment(rendered: Any, name: str) -> None:
     assert resources["Service", f"rcsd-{name}-pods"]["spec"]["clusterIP"] == "None", "one address per pod"
 
 
-def test_references_resolve(rendered: Any) -> None:
-    """Every Secret, ConfigMap and claim a workload names exists, but the Secrets made by hand."""
-    overlay, resources = rendered
+def references_missing(resources: Rendered) -> set[str]:
+    """Every Secret, ConfigMap and claim a workload names that is not among `resources`; a Secret
+    reference marked optional may be absent (rcsd-hf-token: only gated models need it)."""
     missing: set[str] = set()
-    for (kind, _), resource in resources.items():
-        if kind not in ("Deployment", "StatefulSet"):
-            continue
-        spec = resource["spec"]["template"]["spec"]
-        claims = {c["metadata"]["name"] for c in resource["spec"].get("volumeClaimTemplates", [])}
+    for _, workload in workloads(resources):
+        spec = pod_spec(workload)
+        claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
         for volume in spec.get("volumes", []):
             claim = volume.get("persistentVolumeClaim", {}).get("claimName")
             if claim and ("PersistentVolumeClaim", claim) not in resources:
                 missing.add(f"claim {claim}")
-        for container in spec["containers"]:
-            for source in container.get("envFrom", []):
-                assert ("ConfigMap", source["configMapRef"]["name"]) in resources
-            for env in container.get("env", []):
-                secret = env.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
-                if secret and ("Secret", secret) not in resources:
-                    missing.add(secret)
-            for mount in container.get("volumeMounts", []):
-                assert mount["name"] in {v["name"] for v in spec.get("volumes", [])} | claims
-    assert missing == EXTERNAL_SECRETS[overlay]
+            config_map = volume.get("configMap", {}).get("name")
+            if config_map and ("ConfigMap", config_map) not in resources:
+                missing.add(f"configmap {config_map}")
+        for c in spec["containers"] + spec.get("initContainers", []):
+            for source in c.get("envFrom", []):
+                if ("ConfigMap", source["configMapRef"]["name"]) not in resources:
+                    missing.add(f"configmap {source['configMapRef']['name']}")
+            for mount in c.get("volumeMounts", []):
+                if mount["name"] not in {v["name"] for v in spec.get("volumes", [])} | claims:
+                    missing.add(f"volume {mount['name']}")
+        missing |= {
+            secret
+            for secret, optional in secret_refs(workload)
+            if not optional and ("Secret", secret) not in resources
+        }
+    return missing
+
+
+def test_references_resolve(rendered: Any) -> None:
+    """Every Secret, ConfigMap and claim a workload names exists, but the Secrets made by hand."""
+    overlay, resources = rendered
+    assert references_missing(resources) == EXTERNAL_SECRETS[overlay]
 
 
 def test_rubric_store(rendered: Any) -> None:
@@ -285,3 +303,106 @@ def test_replicas_and_images(rendered: Any) -> None:
     else:
         assert replicas == {"teacher": 1, "rubric": 1}
         assert images == {"rcsd-cpu:latest"}, "the image deploy/Dockerfile.cpu builds"
+
+
+def test_every_pod_drops_service_links(rendered: Any) -> None:
+    """No <SERVICE>_PORT=tcp://... variables: they shadow settings (tests/services/kit/test_service_links.py)."""
+    _, resources = rendered
+    for key, workload in workloads(resources):
+        assert pod_spec(workload).get("enableServiceLinks") is False, key
+
+
+def test_the_hugging_face_token_is_an_optional_secret(rendered: Any) -> None:
+    _, resources = rendered
+    for key, workload in workloads(resources):
+        for c in pod_spec(workload)["containers"]:
+            if c["image"].startswith("postgres"):
+                continue
+            token = env_of(c)["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
+            assert token == {"name": "rcsd-hf-token", "key": "token", "optional": True}, key
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_shutdown_outlasts_the_longest_call(
+    rendered: Any, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """SIGTERM comes after the preStop delay; in-flight requests then get graceful_shutdown_s, which
+    covers the longest call a client waits for (the trainer's attempt timeout, above the client
+    library's default); the grace period covers all of it, with time left to stop the engine."""
+    _, resources = rendered
+    settings_class = SERVICES[name]
+    deployment = resources["Deployment", f"rcsd-{name}"]
+    c = _container(deployment)
+    for key, value in resources["ConfigMap", c["envFrom"][0]["configMapRef"]["name"]]["data"].items():
+        monkeypatch.setenv(key, value)
+    settings = settings_class()  # type: ignore[call-arg]
+    sleep, seconds = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep == "sleep" and 5 <= int(seconds) <= 30
+    longest_call = max(ServicesConfig().timeout_s, DEFAULT_TIMEOUT.read or 0)
+    assert settings.graceful_shutdown_s >= longest_call
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert grace >= int(seconds) + settings.graceful_shutdown_s + 30, "and time to stop the engine"
+
+
+def test_disruption_budgets_leave_a_replica(rendered: Any) -> None:
+    _, resources = rendered
+    for name in SERVICES:
+        budget = resources["PodDisruptionBudget", f"rcsd-{name}"]["spec"]
+        labels = resources["Deployment", f"rcsd-{name}"]["spec"]["template"]["metadata"]["labels"]
+        assert budget["selector"]["matchLabels"].items() <= labels.items()
+        assert budget == {"maxUnavailable": 1, "selector": budget["selector"]}, (
+            "never blocks a 1-replica drain"
+        )
+
+
+def test_the_vllm_cache_is_on_the_shared_volume(rendered: Any) -> None:
+    _, resources = rendered
+    for name in SERVICES:
+        deployment = resources["Deployment", f"rcsd-{name}"]
+        c = _container(deployment)
+        root = env_of(c)["VLLM_CACHE_ROOT"]["value"]
+        (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == root]
+        (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"]["claimName"] == "rcsd-model-cache"
+        assert mount["subPath"] == "vllm"
+
+
+def test_the_gpu_overlay_admits_what_the_engine_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    resources = render(K8S / "overlays" / "gpu")
+    for name, settings_class in SERVICES.items():
+        for key, value in resources["ConfigMap", f"rcsd-{name}"]["data"].items():
+            monkeypatch.setenv(key, value)
+        settings = settings_class()  # type: ignore[call-arg]
+        default = settings_class.model_fields["max_concurrency"].default
+        assert settings.max_concurrency >= settings.max_num_seqs > default, name
+        assert settings.max_queue >= 2 * settings.max_concurrency, name
+
+
+def test_the_gpu_overlay_downloads_each_model_once() -> None:
+    """One Job fills the cache; each replica waits for its own model, then loads it offline."""
+    resources = render(K8S / "overlays" / "gpu")
+    job = resources["Job", "rcsd-model-download"]
+    (download,) = pod_spec(job)["containers"]
+    assert download["command"][-1] == "download"
+    assert {s["configMapRef"]["name"] for s in download["envFrom"]} == {"rcsd-teacher", "rcsd-rubric"}
+    cache = {(m["mountPath"], m.get("subPath")) for m in download["volumeMounts"]}
+    for name in SERVICES:
+        deployment = resources["Deployment", f"rcsd-{name}"]
+        (wait,) = pod_spec(deployment)["initContainers"]
+        assert wait["command"][-1] == "wait" and wait["command"][:2] == download["command"][:2]
+        assert [s["configMapRef"]["name"] for s in wait["envFrom"]] == [f"rcsd-{name}"]
+        assert cache == {(m["mountPath"], m.get("subPath")) for m in wait["volumeMounts"]}
+        hf_mount = ("/home/rcsd/.cache/huggingface", "huggingface")
+        assert hf_mount in {
+            (m["mountPath"], m.get("subPath")) for m in _container(deployment)["volumeMounts"]
+        }
+        assert env_of(_container(deployment))["HF_HUB_OFFLINE"]["value"] == "1"
+    dev = render(K8S / "overlays" / "dev")
+    assert ("Job", "rcsd-model-download") not in dev, "dev: the model is inside the image"
+
+
+def test_the_gpu_overlay_has_its_namespace(rendered: Any) -> None:
+    """The trainers' configs name the services as <service>.rcsd.svc (test_k8s_trainer.py)."""
+    overlay, resources = rendered
+    namespaces = {r["metadata"].get("namespace") for r in resources.values()}
+    assert namespaces == ({"rcsd"} if overlay == "gpu" else {None})
