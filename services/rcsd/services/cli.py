@@ -28,7 +28,7 @@ def serve(settings: ServiceSettings, service: str) -> int:
 
     from rcsd.services.kit.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if service == "teacher":
         from rcsd.services.teacher.app import create_app
     else:
@@ -39,6 +39,7 @@ def serve(settings: ServiceSettings, service: str) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers reach the handler configure_logging set
         access_log=False,
         timeout_graceful_shutdown=10,
     )

@@ -93,6 +93,8 @@ def create_service_app(
     async def load_in_background() -> None:
         try:
             state.service = await load(settings, metrics, state.admission)
+            served = state.service.info()
+            metrics.describe_service(served.model.name, served.model.revision, served.backend)
             log.info("ready", extra={"fields": {"service": name, "backend": settings.backend}})
         except Exception as exc:  # reported by /health, /ready and every request, then the exit
             state.load_error = exc

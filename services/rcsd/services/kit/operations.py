@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from rcsd.client.protocol import Health, ServiceInfo
 from rcsd.services.kit.errors import error_responses
@@ -44,6 +44,6 @@ def operations_router(state: ServiceState[Any]) -> APIRouter:
 
     @router.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return router

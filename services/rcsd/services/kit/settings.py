@@ -104,6 +104,10 @@ class ServiceSettings(BaseSettings):
         description="on SIGTERM: how long requests in flight may finish before they are cancelled",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="stderr lines of rcsd, uvicorn and vLLM alike: JSON, or text for a terminal",
+    )
 
     def engine_config(self, adapter: str | None = None, max_top_k: int = 0) -> EngineConfig:
         return EngineConfig(
