@@ -25,6 +25,10 @@ def test_the_released_recipe() -> None:
     assert (config.sampling.temperature, config.sampling.top_p, config.sampling.top_k) == (1.2, 0.95, 20)
     assert (config.loss.tau, config.loss.clip) == (1.2, 0.05)
     assert (config.teacher.context_mode, config.teacher.top_k) == ("rubric+reference", 20)
+    # reason-first, the released prompts, thinking on everywhere (docs/fidelity.md)
+    assert (config.teacher.reason_first, config.teacher.analysis_max_tokens) == (True, 4096)
+    assert config.sampling.prompt_version == "release" and config.sampling.enable_thinking
+    assert config.teacher.thinking and config.teacher.analysis_thinking
 
 
 def test_dotted_overrides_take_yaml_values(tmp_path: Path) -> None:

@@ -37,7 +37,10 @@ def test_equals_the_teachers_none_context(tiny_model_dir: Path, tmp_path: Path):
 
 
 def test_template_text_and_versions():
-    text = student_prompt_text("What is 2 + 2?")
+    text = student_prompt_text("What is 2 + 2?", "v1")
     assert text.startswith("What is 2 + 2?\n\n") and not text.endswith("\n")
+    assert student_prompt_text("What is 2 + 2?") == (  # the default: the released student prompt
+        "Question: What is 2 + 2?\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    )
     with pytest.raises(ValueError, match="template version .v0."):
         student_prompt_text("q", "v0")

@@ -25,7 +25,7 @@ from tests.services.teacher.payloads import (
 
 MODES = ["rubric_writer", "rubric_writer+reference_rubric"]
 BOUNDS = {"min_criteria": 2, "max_criteria": 4}
-VERSION = "teacher-v1+rubric-v2"
+VERSION = "teacher-release+rubric-v2"  # the service's default teacher templates
 
 
 def writer_group(mode: str, completions: list[list[int]], **extra: object) -> dict:
@@ -79,7 +79,7 @@ def test_context_holds_the_designer_prompt_and_what_the_mode_shows(teacher, refe
 def test_info_names_every_modes_template_version(teacher_servers):
     info = ServiceInfo.model_validate(httpx.get(f"{teacher_servers['hf'].url}/v1/info").json())
     assert info.templates["rubric_writer"] == info.templates["rubric_writer+reference_rubric"] == VERSION
-    assert info.templates["rubric+reference"] == info.template_version == "teacher-v1"
+    assert info.templates["rubric+reference"] == info.template_version == "teacher-release"
 
 
 def test_the_designer_prompt_follows_the_bounds(teacher_servers):

@@ -47,21 +47,19 @@ def test_group_matches_plain_forward(teacher, reference_model, mode, top_k):
         assert_matches_reference(scores, rows, completion, top_k, TOLERANCE[body["backend"]])
 
 
+@pytest.mark.parametrize("version", ["release", "v1"])
 @pytest.mark.parametrize("mode", MODES)
-def test_context_holds_what_the_mode_shows(teacher, reference_model, mode):
+def test_context_holds_what_the_mode_shows(teacher, reference_model, mode, version):
     _, tokenizer = reference_model
-    r = httpx.post(
-        f"{teacher.url}/teacher_logprobs",
-        json=group(mode, [[5, 6]], return_context_ids=True, reference_answer=REFERENCE, rubric=RUBRIC),
-        timeout=60,
-    )
+    body = group(mode, [[5, 6]], return_context_ids=True, reference_answer=REFERENCE, rubric=RUBRIC)
+    r = httpx.post(f"{teacher.url}/teacher_logprobs", json={**body, "template_version": version}, timeout=60)
     assert r.status_code == 200, r.text
     text = tokenizer.decode(r.json()["context_ids"])
     assert QUESTION in text
     assert (REFERENCE in text) == ("reference" in mode)
     assert (RUBRIC[0]["title"] in text) == ("rubric" in mode)
     assert text.endswith("<|im_start|>assistant\n")  # the completion follows the generation prompt
-    assert r.json()["template_version"] == "teacher-v1"
+    assert r.json()["template_version"] == f"teacher-{version}"
 
 
 def test_grouped_equals_single(teacher, reference_model):
@@ -154,19 +152,23 @@ def test_batch_keeps_order_and_matches_single(teacher, reference_model):
             )
 
 
-def test_given_rationale_sits_between_context_and_completion(teacher, reference_model):
+@pytest.mark.parametrize(
+    ("version", "transition"),
+    [("v1", "Solve the problem independently"), ("release", "provided only as private guidance")],
+)
+def test_given_rationale_sits_between_context_and_completion(teacher, reference_model, version, transition):
     model, tokenizer = reference_model
     rationale = "Key idea: use h = g t^2 / 2."
     r = httpx.post(
         f"{teacher.url}/teacher_logprobs",
-        json=group("rubric", [[9, 10, 11]], rationale=rationale, return_context_ids=True),
+        json=group(
+            "rubric", [[9, 10, 11]], rationale=rationale, return_context_ids=True, template_version=version
+        ),
         timeout=60,
     )
     body = r.json()
     text = tokenizer.decode(body["context_ids"])
-    assert (
-        text.index(RUBRIC[0]["title"]) < text.index(rationale) < text.index("Solve the problem independently")
-    )
+    assert text.index(RUBRIC[0]["title"]) < text.index(rationale) < text.index(transition)
     rows = plain_logprobs(model, body["context_ids"], [9, 10, 11])
     assert_matches_reference(body["completions"][0], rows, [9, 10, 11], 0, TOLERANCE[body["backend"]])
 

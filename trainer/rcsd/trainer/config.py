@@ -50,6 +50,12 @@ class SamplingConfig(_Section):
     temperature: float = Field(default=1.2, gt=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int = Field(default=20, ge=0)
+    # the student's prompt (rcsd.client.prompts student_prompt/<version>); the teacher renders the same
+    # version (sent with each request): release = the released RCSD texts, v1 = rcsd's earlier ones
+    prompt_version: str = "release"
+    enable_thinking: bool | None = Field(
+        default=None, description="the student's chat template; None: not passed"
+    )
 
 
 class LossConfig(_Section):
@@ -69,6 +75,13 @@ class TeacherConfig(_Section):
     context_mode: ContextMode = "rubric+reference"
     top_k: int = Field(default=20, ge=0)
     rationale: str | None = Field(default=None, description='text, or "auto": the teacher writes one first')
+    # The release's --reason_first: every step the rollout engine (the student's current weights) samples
+    # an analysis of each question's privileged context with the rollouts' sampling settings, and the
+    # teacher scores after [analysis prompt + analysis + transition] (rcsd.client.prompts.teacher_context).
+    reason_first: bool = False
+    analysis_max_tokens: int = Field(default=4096, ge=1, description="reason_first: the analysis budget")
+    thinking: bool | None = Field(default=None, description="enable_thinking of the teacher's context")
+    analysis_thinking: bool | None = Field(default=None, description="enable_thinking of the analysis prompt")
 
 
 class RubricConfig(_Section):
@@ -177,6 +190,16 @@ class TrainConfig(_Section):
             )
         if self.stage == "rubric_generator" and self.teacher.rationale is not None:
             raise ValueError("stage rubric_generator takes no teacher.rationale")
+        if self.teacher.reason_first and (
+            self.teacher.rationale is not None
+            or self.method == "grpo"
+            or self.stage != "reasoner"
+            or self.teacher.context_mode == "none"
+        ):
+            raise ValueError(
+                "teacher.reason_first samples the teacher's analysis itself: it needs stage reasoner, a "
+                "teacher (not grpo), a privileged teacher.context_mode and no teacher.rationale"
+            )
         if self.stage == "reasoner" and writer_mode:
             raise ValueError(
                 f"teacher.context_mode {self.teacher.context_mode} is for stage rubric_generator"

@@ -102,7 +102,11 @@ class Probe(RecordedProbe):
 
     def _measure(self) -> dict[str, float]:
         tokenizer, model = self.student.tokenizer, self.student.model
-        prompts = [student_prompt_ids(tokenizer, q.prompt_text) for q in self.questions]
+        sampling = self.config.sampling
+        prompts = [
+            student_prompt_ids(tokenizer, q.prompt_text, sampling.prompt_version, sampling.enable_thinking)
+            for q in self.questions
+        ]
         answers = self._fixed_answers(prompts)
         rubrics = [f.result() for f in self.calls.fetch_rubrics(self.questions)] or [None] * len(prompts)
         sums = {"topk_kl": 0.0, "sampled_kl": 0.0, "tokens": 0.0, "reference_logprob": 0.0, "ref_tokens": 0.0}

@@ -5,18 +5,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from rcsd.client.prompts import DESIGNER_VERSION, chat_prompt_ids, designer_prompt_text, student_prompt_text
+from rcsd.client.prompts import (
+    DESIGNER_VERSION,
+    TEMPLATE_VERSION,
+    chat_prompt_ids,
+    designer_prompt_text,
+    student_prompt_text,
+)
 from rcsd.client.protocol import RubricBounds
 
 
-def student_prompt_ids(tokenizer: Any, question: str, template_version: str = "v1") -> list[int]:
+def student_prompt_ids(
+    tokenizer: Any,
+    question: str,
+    template_version: str = TEMPLATE_VERSION,
+    enable_thinking: bool | None = None,
+) -> list[int]:
     """Token ids the student samples its answer after (ending in the assistant generation prompt).
 
     `question` is the text the student sees (`Question.prompt_text`, with an MCQ's choices). The teacher
-    service renders the same ids for `context_mode="none"` with the same `template_version`.
+    service renders the same ids for `context_mode="none"` with the same `template_version` and
+    `student_thinking=enable_thinking`.
     """
     prompt = student_prompt_text(question, template_version)
-    return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
+    return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}], enable_thinking)
 
 
 def rubric_prompt_ids(

@@ -58,10 +58,15 @@ class RubricWriting:
         return futures
 
     def score(
-        self, question: Question, rubric: Rubric | None, completions: list[list[int]]
+        self,
+        question: Question,
+        rubric: Rubric | None,
+        completions: list[list[int]],
+        analysis_ids: list[int] | None = None,
     ) -> Future[Scored]:
         """The teacher's scores of the student's rubrics, with the reference rubric in its context."""
         assert rubric is not None and rubric.criteria is not None
+        assert analysis_ids is None  # the config refuses teacher.reason_first in Stage I
         request = TeacherRequest(
             question=question.prompt_text,
             reference_answer=question.reference_answer,

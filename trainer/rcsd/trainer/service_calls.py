@@ -23,6 +23,7 @@ from rcsd.client import (
     TeacherRequest,
     TeacherResponse,
 )
+from rcsd.client.protocol import ContextMode
 from rcsd.trainer.config import RubricConfig, TrainConfig
 from rcsd.trainer.data.questions import Question
 
@@ -90,22 +91,40 @@ class ServiceCalls:
             return []
         return [self._rubric_pool.submit(self._rubric, q) for q in questions]
 
-    def score(
-        self, question: Question, rubric: Rubric | None, completions: list[list[int]]
-    ) -> Future[Scored]:
-        """The teacher's scores of one group's completions (sent as soon as it is called)."""
-        assert self.teacher is not None
-        mode = self.config.teacher.context_mode
+    def context_mode(self, rubric: Rubric | None) -> ContextMode:
+        """The configured context mode, or `reference` for a question whose rubric was refused."""
         if rubric is not None and rubric.criteria is None:
-            mode = "reference"
+            return "reference"
+        return self.config.teacher.context_mode
+
+    def score(
+        self,
+        question: Question,
+        rubric: Rubric | None,
+        completions: list[list[int]],
+        analysis_ids: list[int] | None = None,
+    ) -> Future[Scored]:
+        """The teacher's scores of one group's completions (sent as soon as it is called).
+
+        `analysis_ids` (teacher.reason_first): the analysis the rollout engine sampled, scored after as
+        the released layout has it. The request names the student's prompt version and thinking, so
+        the teacher renders what the student saw.
+        """
+        assert self.teacher is not None
+        teacher = self.config.teacher
         request = TeacherRequest(
             question=question.prompt_text,
             reference_answer=question.reference_answer,
             rubric=rubric.criteria if rubric is not None else None,
-            rationale=self.config.teacher.rationale,
-            context_mode=mode,
+            rationale=teacher.rationale,
+            rationale_ids=analysis_ids,
+            template_version=self.config.sampling.prompt_version,
+            student_thinking=self.config.sampling.enable_thinking,
+            teacher_thinking=teacher.thinking,
+            analysis_thinking=teacher.analysis_thinking,
+            context_mode=self.context_mode(rubric),
             completions=completions,
-            top_k=self.config.teacher.top_k,
+            top_k=teacher.top_k,
         )
         return self.submit(request)
 

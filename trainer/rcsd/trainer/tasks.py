@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
+from rcsd.client.prompts.teacher_context import analysis_prompt_ids
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data.questions import Question, load_questions
 from rcsd.trainer.probe import Probe, RecordedProbe
@@ -34,9 +35,13 @@ class Task(Protocol):
         ...
 
     def score(
-        self, question: Question, rubric: Rubric | None, completions: list[list[int]]
+        self,
+        question: Question,
+        rubric: Rubric | None,
+        completions: list[list[int]],
+        analysis_ids: list[int] | None = None,
     ) -> Future[Scored]:
-        """The teacher's scores of one group's completions, sent now."""
+        """The teacher's scores of one group's completions, sent now (after `analysis_ids`: reason-first)."""
         ...
 
     def probe(self, student: Student, run_dir: Path) -> RecordedProbe | None:
@@ -52,15 +57,35 @@ class AnsweringQuestions:
         self.questions = load_questions(config.data)[: config.data_limit]
 
     def prompt_ids(self, tokenizer: Any, question: Question) -> list[int]:
-        return student_prompt_ids(tokenizer, question.prompt_text)
+        sampling = self.config.sampling
+        return student_prompt_ids(
+            tokenizer, question.prompt_text, sampling.prompt_version, sampling.enable_thinking
+        )
+
+    def analysis_prompt_ids(self, tokenizer: Any, question: Question, rubric: Rubric | None) -> list[int]:
+        """`teacher.reason_first`: what the analysis of `question`'s privileged context is sampled after,
+        the same ids the teacher's context starts with (`rcsd.client.prompts.teacher_context`)."""
+        return analysis_prompt_ids(
+            tokenizer,
+            question=question.prompt_text,
+            context_mode=self.calls.context_mode(rubric),
+            reference_answer=question.reference_answer,
+            rubric=rubric.criteria if rubric is not None else None,
+            version=self.config.sampling.prompt_version,
+            enable_thinking=self.config.teacher.analysis_thinking,
+        )
 
     def fetch_rubrics(self, questions: list[Question]) -> list[Future[Rubric]]:
         return self.calls.fetch_rubrics(questions)
 
     def score(
-        self, question: Question, rubric: Rubric | None, completions: list[list[int]]
+        self,
+        question: Question,
+        rubric: Rubric | None,
+        completions: list[list[int]],
+        analysis_ids: list[int] | None = None,
     ) -> Future[Scored]:
-        return self.calls.score(question, rubric, completions)
+        return self.calls.score(question, rubric, completions, analysis_ids)
 
     def probe(self, student: Student, run_dir: Path) -> RecordedProbe | None:
         return Probe(self.config, student, self.calls, run_dir) if self.config.probe.data else None

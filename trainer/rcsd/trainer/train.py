@@ -6,9 +6,12 @@
 
 One RCSD step, per rank (each its share of the step's questions):
 1. rubrics for the step's questions, fetched during the previous step (the rubric service stores them);
-2. rollouts from the student's current weights, one group (G answers) per question, with the
-   student's own prompt; as soon as a group exists its token ids go to the teacher service (worker
-   thread), so scoring overlaps the sampling of the next groups;
+2. with `teacher.reason_first` (the release's layout), first one analysis per question of its
+   privileged context, sampled by the rollout engine from the student's current weights in one call
+   (recorded in the run's `analyses.jsonl`); then rollouts from the student's current weights, one
+   group (G answers) per question, with the student's own prompt; as soon as a group exists its
+   token ids go to the teacher service (worker thread), so scoring overlaps the sampling of the next
+   groups;
 3. per group, the student's logits on the same positions, the loss on the teacher's top-K, backward;
    each group's loss is weighted by its tokens / the step's global token count, so the update is the
    loss averaged over every valid completion token of every rank;
@@ -22,6 +25,7 @@ serves: the frozen base model in the released recipe.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import defaultdict
@@ -43,7 +47,7 @@ from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
 from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
 from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
 from rcsd.trainer.student import Student, completion_logits, load_student, sampled_logprobs
-from rcsd.trainer.tasks import Task, make_task
+from rcsd.trainer.tasks import AnsweringQuestions, Task, make_task
 
 CONFIG_FILE = "config.yaml"
 
@@ -56,6 +60,7 @@ class Group:
     question: Question
     rollouts: list[Rollout]
     rubric: Rubric | None
+    analysis: Rollout | None = None  # teacher.reason_first: the analysis the teacher scores after
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Run:
     order: DataOrder
     first_step: int
     position: int  # the data position of `first_step`
+    run_dir: Path | None = None  # where the step's records go (the reason-first analyses)
 
     def step_questions(self, step: int) -> list[tuple[int, Question]]:
         """This rank's share of step `step`'s questions, with their global data positions."""
@@ -162,7 +168,18 @@ def _start(
     order = DataOrder(len(task.questions), config.seed)
     engine = _rollout_engine(config, student, dist, run_dir)
     return Run(
-        config, dist, student, optimizer, scheduler, task, has_teacher, engine, order, first_step, position
+        config,
+        dist,
+        student,
+        optimizer,
+        scheduler,
+        task,
+        has_teacher,
+        engine,
+        order,
+        first_step,
+        position,
+        run_dir,
     )
 
 
@@ -184,13 +201,18 @@ def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]
 
     # 2. rollouts, group by group; each group goes to the teacher as soon as it exists
     started = time.perf_counter()
-    groups, scoring = _sample_groups(run, mine, rubrics)
+    groups, scoring = _sample_groups(run, step, mine, rubrics)
     times["rollout"] = time.perf_counter() - started
     local_tokens = sum(len(r.completion_ids) for g in groups for r in g.rollouts)
     [global_tokens] = run.dist.sum([float(local_tokens)])
 
     # 3. per group: teacher scores (waited for only if not there yet), student logits, loss, backward
     sums: dict[str, float] = defaultdict(float)
+    for group in groups:
+        if group.analysis is not None:
+            sums["analysis_tokens"] += len(group.analysis.completion_ids)
+            sums["analyses"] += 1
+            sums["analysis_truncated"] += group.analysis.truncated
     for i, group in enumerate(groups):
         started = time.perf_counter()
         scored = scoring[i].result() if scoring else None
@@ -217,14 +239,17 @@ def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]
 
 
 def _sample_groups(
-    run: Run, mine: list[tuple[int, Question]], rubrics: list[Rubric | None]
+    run: Run, step: int, mine: list[tuple[int, Question]], rubrics: list[Rubric | None]
 ) -> tuple[list[Group], list[Future[Scored]]]:
     """Each question's group of answers; with `overlap`, each is sent for scoring as soon as it exists."""
     config, student = run.config, run.student
     groups: list[Group] = []
     scoring: list[Future[Scored]] = []
     student.model.eval()
-    for (pos, question), rubric in zip(mine, rubrics, strict=True):
+    analyses: list[Rollout | None] = [None] * len(mine)
+    if config.teacher.reason_first and mine:
+        analyses = list(_sample_analyses(run, step, mine, rubrics))
+    for (pos, question), rubric, analysis in zip(mine, rubrics, analyses, strict=True):
         params = SamplingParams(
             max_new_tokens=config.sampling.max_new_tokens,
             temperature=config.sampling.temperature,
@@ -234,13 +259,59 @@ def _sample_groups(
         )
         prompt = run.task.prompt_ids(student.tokenizer, question)
         [rollouts] = run.engine.sample([prompt], params, n=config.rollouts_per_prompt)
-        groups.append(Group(pos, question, rollouts, rubric))
+        groups.append(Group(pos, question, rollouts, rubric, analysis))
         if config.overlap and run.has_teacher:
-            scoring.append(run.task.score(question, rubric, _ids(groups[-1])))
+            scoring.append(_score(run, groups[-1]))
     if not config.overlap and run.has_teacher:  # the baseline: score after sampling
-        scoring = [run.task.score(g.question, g.rubric, _ids(g)) for g in groups]
+        scoring = [_score(run, g) for g in groups]
     student.model.train()
     return groups, scoring
+
+
+def _score(run: Run, group: Group) -> Future[Scored]:
+    analysis_ids = group.analysis.completion_ids if group.analysis is not None else None
+    return run.task.score(group.question, group.rubric, _ids(group), analysis_ids)
+
+
+def _sample_analyses(
+    run: Run, step: int, mine: list[tuple[int, Question]], rubrics: list[Rubric | None]
+) -> list[Rollout]:
+    """`teacher.reason_first`: one analysis per question, in one call to the rollout engine.
+
+    As the release does it: sampled every step from the weights that sample the answers (the current
+    student), with the rollouts' temperature, top_p and top_k and its own token budget, after the
+    teacher's reason-first prompt (privileged context + "Briefly explain ... Do NOT solve").
+    Written to the run's `analyses.jsonl` (one line per question, rank-suffixed beyond rank 0).
+    """
+    config, tokenizer = run.config, run.student.tokenizer
+    assert isinstance(run.task, AnsweringQuestions)  # the config allows reason_first in Stage II only
+    prompts = [
+        run.task.analysis_prompt_ids(tokenizer, question, rubric)
+        for (_, question), rubric in zip(mine, rubrics, strict=True)
+    ]
+    params = SamplingParams(
+        max_new_tokens=config.teacher.analysis_max_tokens,
+        temperature=config.sampling.temperature,
+        top_p=config.sampling.top_p,
+        top_k=config.sampling.top_k,
+        seed=int(np.random.default_rng([config.seed, mine[0][0], 1]).integers(2**31 - 1)),
+    )
+    analyses = [rollouts[0] for rollouts in run.engine.sample(prompts, params, n=1)]
+    if run.run_dir is not None:
+        name = "analyses.jsonl" if run.dist.rank == 0 else f"analyses.rank{run.dist.rank}.jsonl"
+        with (run.run_dir / name).open("a", encoding="utf-8") as out:
+            for (pos, question), analysis in zip(mine, analyses, strict=True):
+                record = {
+                    "step": step + 1,
+                    "position": pos,
+                    "question_id": question.id,
+                    "tokens": len(analysis.completion_ids),
+                    "truncated": analysis.truncated,
+                    "text": tokenizer.decode(analysis.completion_ids, skip_special_tokens=True),
+                    "token_ids": analysis.completion_ids,
+                }
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return analyses
 
 
 def _maybe_checkpoint(run: Run, done: int, run_dir: Path) -> None:
@@ -374,7 +445,10 @@ def _step_metrics(
 ) -> dict[str, float]:
     """Sums over ranks turned into means; times are rank 0's (every rank waits for the slowest)."""
     grad_norm = sums.pop("grad_norm", None)
-    keys = sorted(set(sums) | {"tokens", "rollouts", "truncated"})
+    always = {"tokens", "rollouts", "truncated"}
+    if config.teacher.reason_first:
+        always |= {"analysis_tokens", "analyses", "analysis_truncated"}
+    keys = sorted(set(sums) | always)
     total = dict(zip(keys, dist.sum([sums.get(k, 0.0) for k in keys]), strict=True))
     tokens, rollouts = max(total["tokens"], 1.0), max(total["rollouts"], 1.0)
     metrics = {
@@ -399,6 +473,9 @@ def _step_metrics(
         metrics["teacher_tokens"] = total["teacher_tokens"]
         metrics["teacher_latency_s"] = total["teacher_latency"] / max(total["teacher_calls"], 1.0)
         metrics["rubric_fallbacks"] = total["rubric_fallbacks"]
+    if config.teacher.reason_first:
+        metrics["analysis_len_mean"] = total["analysis_tokens"] / max(total["analyses"], 1.0)
+        metrics["analysis_truncation_rate"] = total["analysis_truncated"] / max(total["analyses"], 1.0)
     return metrics
 
 

@@ -39,6 +39,13 @@ class TeacherRequest(WireModel):
 
     `completions` are the student's token ids verbatim; they are never decoded and
     re-encoded. `rationale="auto"` asks the teacher to write its own rationale first.
+    A rationale (`rationale` text or `rationale_ids`) makes the context reason-first: in the `release`
+    templates [analysis prompt] + [rationale] + [raw-text transition] + completion. `rationale_ids`
+    are token ids as the caller sampled them (the trainer's analysis, end-of-turn token included):
+    sent as ids because decoding and re-encoding sampled BPE tokens does not give them back.
+    `template_version` picks the teacher's templates (default: the service's); the `*_thinking`
+    flags are the chat template's `enable_thinking` for the student's prompt (`none` mode), the
+    teacher's context, and the analysis prompt (None: not passed, the template's default).
     In the rubric-writer modes the completions are rubrics the student wrote after the designer
     prompt for (`question`, `reference_answer`, `rubric_bounds`), and `rubric_writer+reference_rubric`
     shows the teacher `reference_rubric` too.
@@ -48,6 +55,11 @@ class TeacherRequest(WireModel):
     reference_answer: str | None = Field(default=None, max_length=MAX_REFERENCE_CHARS)
     rubric: list[Criterion] | None = Field(default=None, max_length=MAX_CRITERIA)
     rationale: str | None = Field(default=None, max_length=MAX_RATIONALE_CHARS)
+    rationale_ids: list[int] | None = Field(default=None, min_length=1, max_length=MAX_RATIONALE_CHARS)
+    template_version: str | None = Field(default=None, min_length=1, max_length=64)
+    student_thinking: bool | None = None
+    teacher_thinking: bool | None = None
+    analysis_thinking: bool | None = None
     context_mode: ContextMode = "rubric+reference"
     reference_rubric: list[Criterion] | None = Field(
         default=None, max_length=MAX_CRITERIA, validate_default=True, description="rubric_writer modes"
@@ -75,6 +87,8 @@ class TeacherRequest(WireModel):
 
     @model_validator(mode="after")
     def _context_is_complete(self) -> TeacherRequest:
+        if self.rationale is not None and self.rationale_ids is not None:
+            raise ValueError("give a rationale as text or as rationale_ids, not both")
         if self.context_mode in MODES_SHOWING_RUBRIC and not self.rubric:
             raise ValueError(f"context_mode {self.context_mode!r} needs a non-empty rubric")
         if self.context_mode in MODES_SHOWING_REFERENCE and not self.reference_answer:

@@ -8,7 +8,6 @@ import json
 from collections import OrderedDict
 from functools import partial
 
-from rcsd.client.prompts import TemplateSet
 from rcsd.client.protocol import (
     AUTO_RATIONALE,
     RUBRIC_WRITER_MODES,
@@ -40,9 +39,7 @@ class TeacherService:
         self.settings = settings
         self.metrics = metrics
         self.context = TeacherContext(
-            TemplateSet("teacher_context", settings.template_version),
-            engine.tokenizer,
-            settings.rubric_template_version,
+            settings.template_version, engine.tokenizer, settings.rubric_template_version
         )
         self._rationales: OrderedDict[str, str] = OrderedDict()
         self._rationale_flight: SingleFlight[str] = SingleFlight()
@@ -118,7 +115,7 @@ class TeacherService:
         off the event loop)."""
         completions = sum(len(c) for c in request.completions)
         if context_ids is None:
-            around = self.context.encode(self.context.messages(request, ""))  # the context, rationale aside
+            around = self.context.render(request, "", rationale="")  # the context, rationale aside
             return len(around) + self.settings.rationale_max_tokens + completions
         return len(context_ids) + completions
 
@@ -134,10 +131,17 @@ class TeacherService:
                 f"{len(request.completions)} completions exceed "
                 f"max_completions_per_group {s.max_completions_per_group}",
             )
-        if request.rationale is not None and request.context_mode == "none":
-            raise invalid(f"{prefix}rationale", "a rationale needs a privileged context_mode, not 'none'")
-        if request.rationale is not None and request.context_mode in RUBRIC_WRITER_MODES:
-            raise invalid(f"{prefix}rationale", "a rationale is for answer modes, not the rubric_writer ones")
+        given = "rationale" if request.rationale is not None else "rationale_ids"
+        has_rationale = request.rationale is not None or request.rationale_ids is not None
+        if has_rationale and request.context_mode == "none":
+            raise invalid(f"{prefix}{given}", "a rationale needs a privileged context_mode, not 'none'")
+        if has_rationale and request.context_mode in RUBRIC_WRITER_MODES:
+            raise invalid(f"{prefix}{given}", "a rationale is for answer modes, not the rubric_writer ones")
+        if request.rationale_ids is not None:
+            low, high = min(request.rationale_ids), max(request.rationale_ids)
+            if low < 0 or high >= vocab:
+                bad = low if low < 0 else high
+                raise invalid(f"{prefix}rationale_ids", f"token id {bad} outside the vocabulary [0, {vocab})")
         for i, completion in enumerate(request.completions):
             if not completion:
                 raise invalid(f"{prefix}completions.{i}", "empty completion (need at least 1 token id)")
@@ -163,11 +167,9 @@ class TeacherService:
         """
         self._check_group(request, prefix)
         if request.rationale == AUTO_RATIONALE:
-            self._check_lengths(
-                request, len(self.context.encode(self.context.rationale_messages(request))), prefix
-            )
+            self._check_lengths(request, len(self.context.analysis_prompt(request, prefix)), prefix)
             return None
-        context_ids = self.context.encode(self.context.messages(request, request.rationale))
+        context_ids = self.context.render(request, prefix)
         self._check_lengths(request, len(context_ids), prefix)
         return context_ids
 
@@ -190,9 +192,7 @@ class TeacherService:
         rationale = request.rationale
         if context_ids is None:
             rationale = await self._auto_rationale(request)
-            context_ids = await asyncio.to_thread(
-                lambda: self.context.encode(self.context.messages(request, rationale))
-            )
+            context_ids = await asyncio.to_thread(self.context.render, request, prefix, rationale)
             self._check_lengths(request, len(context_ids), prefix)
         try:
             scored = await self.engine.score(
@@ -219,22 +219,21 @@ class TeacherService:
             model_revision=info.revision,
             tokenizer_hash=info.tokenizer_hash,
             backend=self.engine.name,
-            template_version=self.context.version_of(request.context_mode),
+            template_version=self.context.version_of(request.context_mode, self.context.template_of(request)),
         )
 
     async def _auto_rationale(self, request: TeacherRequest) -> str:
         """The teacher's own rationale, generated once per privileged context (greedy, cached)."""
-        messages = self.context.rationale_messages(request)
-        key = hashlib.sha256(json.dumps([self.context.version, messages]).encode()).hexdigest()
+        prompt_ids = await asyncio.to_thread(self.context.analysis_prompt, request, "")
+        key = hashlib.sha256(json.dumps([self.context.template_of(request), prompt_ids]).encode()).hexdigest()
         if key in self._rationales:
             self._rationales.move_to_end(key)
             return self._rationales[key]
-        text, _ = await self._rationale_flight.run(key, lambda: self._generate_rationale(key, messages))
+        text, _ = await self._rationale_flight.run(key, lambda: self._generate_rationale(key, prompt_ids))
         return text
 
-    async def _generate_rationale(self, key: str, messages: list[dict[str, str]]) -> str:
+    async def _generate_rationale(self, key: str, prompt_ids: list[int]) -> str:
         params = GenerationParams(max_tokens=self.settings.rationale_max_tokens, temperature=0.0, seed=0)
-        prompt_ids = await asyncio.to_thread(self.context.encode, messages)
         [text] = await self.engine.generate([prompt_ids], params)
         if self.settings.rationale_cache_size:
             self._rationales[key] = text.strip()

@@ -12,7 +12,10 @@ class TeacherSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RCSD_TEACHER_")
 
     port: int = Field(default=8001, ge=0, le=65535)
-    template_version: str = "v1"
+    template_version: str = Field(
+        default="release",
+        description="default teacher_context/student_prompt templates: release (the released RCSD texts) or v1",
+    )
     rubric_template_version: str = Field(
         default="v2",
         description="the rubric writer's prompt the rubric_writer modes repeat (rubric service's)",

@@ -1,0 +1,257 @@
+"""The teacher's context as token ids: one function, called by the teacher service and by anyone else.
+
+    ids = render_teacher_context(tokenizer, request, "release")   # what the teacher scores after
+
+`tokenizer` is any object with `apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+...)` and `__call__(text, add_special_tokens=False)["input_ids"]` (a transformers tokenizer). No torch.
+
+Two layouts, chosen by the parts a template version holds:
+- `release` (a version with a `reason_first` part; the released RCSD, carriegu0818/RCSD
+  data_collator_reward.py L131-182 and rcsd_trainer_reward.py L1449-1508):
+  - reason-first (a rationale is given): [chat(user: privileged context + reason-first instruction),
+    generation prompt, `analysis_thinking`] + [the rationale's tokens] + [the raw-text transition,
+    no chat turn] + completion (no new chat header);
+  - no rationale: [chat(user: privileged context + "Use the rubric and reference answer as
+    guidance. ..."), generation prompt, `teacher_thinking`] + completion;
+  - `none`: the student's own prompt (`student_thinking`).
+- chat (v1): [user: privileged + transition], or with a rationale [user: privileged + rationale
+  request, assistant: rationale, user: transition], all in chat turns.
+The rubric writer's modes render the rubric writer's prompt in both (Stage I).
+
+Every piece is tokenized on its own and the ids concatenated, as the release does: the rationale ids
+are kept exactly as sampled, and the transition is tokenized alone (`add_special_tokens=False`).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from rcsd.client.prompts import (
+    DESIGNER_VERSION,
+    Message,
+    TemplateSet,
+    chat_prompt_ids,
+    designer_prompt_text,
+    student_prompt_text,
+    student_template,
+)
+from rcsd.client.protocol.common import Criterion
+from rcsd.client.protocol.rubric_format import to_generation_text
+from rcsd.client.protocol.teacher import (
+    AUTO_RATIONALE,
+    MODES_SHOWING_REFERENCE,
+    MODES_SHOWING_RUBRIC,
+    RUBRIC_WRITER_MODES,
+    TeacherRequest,
+)
+
+RELEASE_MARKER = "reason_first"  # a version holding this part renders the released layout
+
+
+class ContextError(ValueError):
+    """A request this version cannot render; `field` names the request field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+@lru_cache(maxsize=16)
+def teacher_templates(version: str) -> TemplateSet:
+    """The teacher_context parts of `version` (a ContextError naming `template_version` if none)."""
+    try:
+        templates = TemplateSet("teacher_context", version)
+        student_template(version)  # every teacher version has the student prompt its `none` mode repeats
+    except ValueError as exc:
+        raise ContextError("template_version", str(exc)) from exc
+    return templates
+
+
+def is_release_layout(version: str) -> bool:
+    return teacher_templates(version).has(RELEASE_MARKER)
+
+
+def rubric_json(rubric: list[Criterion]) -> str:
+    """The rubric as the release puts it in the prompt: `json.dumps(list_of_dicts, ensure_ascii=False)`
+    (one line, default separators, keys in title/description/weight order; rcsd_train_reward.py L283,
+    data_collator_reward.py L288-295)."""
+    return json.dumps([c.model_dump(mode="json") for c in rubric], ensure_ascii=False)
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Raw text to ids, no special tokens added (no chat turn)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _shown(context_mode: str, reference_answer: str | None, rubric: list[Criterion] | None) -> dict[str, Any]:
+    return {
+        "reference_answer": reference_answer if context_mode in MODES_SHOWING_REFERENCE else None,
+        "rubric": rubric if context_mode in MODES_SHOWING_RUBRIC else None,
+    }
+
+
+def _release_values(
+    question: str, context_mode: str, reference_answer: str | None, rubric: list[Criterion] | None
+) -> dict[str, Any]:
+    shown = _shown(context_mode, reference_answer, rubric)
+    return {
+        "question": question,
+        "reference_answer": shown["reference_answer"],
+        "rubric_json": rubric_json(shown["rubric"]) if shown["rubric"] else None,
+    }
+
+
+def analysis_prompt_ids(
+    tokenizer: Any,
+    *,
+    question: str,
+    context_mode: str,
+    reference_answer: str | None = None,
+    rubric: list[Criterion] | None = None,
+    version: str,
+    enable_thinking: bool | None = None,
+) -> list[int]:
+    """The prompt a rationale (the release's "analysis") is sampled after, ending in the generation
+    prompt; in the release layout the teacher's reason-first context starts with exactly these ids.
+
+    The trainer samples its analysis after them with the student's weights, as the release does.
+    Deliberately not mirrored: the release decodes this prompt with `skip_special_tokens=True` before
+    its vLLM sees it (rcsd_trainer_reward.py L1156-1159), so it samples after raw text without chat
+    markers; here the analysis is sampled after the same ids the teacher then scores it after.
+    """
+    if context_mode == "none" or context_mode in RUBRIC_WRITER_MODES:
+        raise ContextError(
+            "context_mode", f"a rationale needs a privileged answer mode, not {context_mode!r}"
+        )
+    templates = teacher_templates(version)
+    if templates.has(RELEASE_MARKER):
+        values = _release_values(question, context_mode, reference_answer, rubric)
+        text = templates.render_exact("privileged_context", **values) + templates.render_exact(
+            "reason_first", **values
+        )
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": text}], enable_thinking)
+    return chat_prompt_ids(
+        tokenizer,
+        _chat_analysis_messages(templates, question, context_mode, reference_answer, rubric),
+        enable_thinking,
+    )
+
+
+def render_teacher_context(
+    tokenizer: Any,
+    request: TeacherRequest,
+    version: str,
+    *,
+    rubric_version: str = DESIGNER_VERSION,
+    rationale: str | None = None,
+) -> list[int]:
+    """The teacher's context for `request` as token ids; the completions follow them directly.
+
+    `rationale` replaces the request's (the teacher passes the text it wrote for `rationale="auto"`).
+    Raises ContextError for a request `version` cannot render.
+    """
+    mode = request.context_mode
+    text = rationale if rationale is not None else request.rationale
+    if text == AUTO_RATIONALE:
+        raise ContextError("rationale", "an auto rationale is written by the teacher before rendering")
+    if mode in RUBRIC_WRITER_MODES:
+        return chat_prompt_ids(
+            tokenizer, _rubric_writer_messages(request, version, rubric_version), request.teacher_thinking
+        )
+    if mode == "none":
+        prompt = student_prompt_text(request.question, version)
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}], request.student_thinking)
+    templates = teacher_templates(version)
+    if templates.has(RELEASE_MARKER):
+        return _release_context(tokenizer, templates, request, text)
+    if request.rationale_ids is not None:
+        raise ContextError(
+            "rationale_ids", f"template version {version!r} (chat layout) takes a rationale as text"
+        )
+    return chat_prompt_ids(tokenizer, _chat_messages(templates, request, text), request.teacher_thinking)
+
+
+def _release_context(
+    tokenizer: Any, templates: TemplateSet, request: TeacherRequest, rationale: str | None
+) -> list[int]:
+    values = _release_values(request.question, request.context_mode, request.reference_answer, request.rubric)
+    privileged = templates.render_exact("privileged_context", **values)
+    if rationale is None and request.rationale_ids is None:  # the release without --reason_first
+        user = privileged + templates.render_exact("guidance", **values)
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": user}], request.teacher_thinking)
+    prompt_ids = analysis_prompt_ids(
+        tokenizer,
+        question=request.question,
+        context_mode=request.context_mode,
+        reference_answer=request.reference_answer,
+        rubric=request.rubric,
+        version=templates.version,
+        enable_thinking=request.analysis_thinking,
+    )
+    # Deliberately not mirrored: the release slices the first few analysis tokens off (its prompt
+    # length counts the special tokens its decode dropped, rcsd_trainer_reward.py L1426-1427); here
+    # the analysis is kept whole.
+    analysis_ids = (
+        list(request.rationale_ids)
+        if request.rationale_ids is not None
+        else text_ids(tokenizer, rationale or "")
+    )
+    return prompt_ids + analysis_ids + text_ids(tokenizer, templates.render_exact("transition", **values))
+
+
+def _chat_privileged(
+    templates: TemplateSet,
+    question: str,
+    context_mode: str,
+    reference_answer: str | None,
+    rubric: list[Criterion] | None,
+) -> str:
+    return templates.render(
+        "privileged_context", question=question, **_shown(context_mode, reference_answer, rubric)
+    )
+
+
+def _chat_analysis_messages(
+    templates: TemplateSet,
+    question: str,
+    context_mode: str,
+    reference_answer: str | None,
+    rubric: list[Criterion] | None,
+) -> list[Message]:
+    privileged = _chat_privileged(templates, question, context_mode, reference_answer, rubric)
+    return [{"role": "user", "content": privileged + "\n\n" + templates.render("rationale_request")}]
+
+
+def _chat_messages(templates: TemplateSet, request: TeacherRequest, rationale: str | None) -> list[Message]:
+    student_prompt = student_prompt_text(request.question, templates.version)
+    transition = templates.render("transition", student_prompt=student_prompt)
+    args = (request.question, request.context_mode, request.reference_answer, request.rubric)
+    if rationale is None:
+        privileged = _chat_privileged(templates, *args)
+        return [{"role": "user", "content": privileged + "\n\n" + transition}]
+    return [
+        *_chat_analysis_messages(templates, *args),
+        {"role": "assistant", "content": rationale},
+        {"role": "user", "content": transition},
+    ]
+
+
+def _rubric_writer_messages(request: TeacherRequest, version: str, rubric_version: str) -> list[Message]:
+    bounds = request.rubric_bounds
+    designer_prompt = designer_prompt_text(
+        request.question, request.reference_answer, bounds.min_criteria, bounds.max_criteria, rubric_version
+    )
+    if request.context_mode == "rubric_writer":
+        return [{"role": "user", "content": designer_prompt}]
+    assert request.reference_rubric  # the wire schema requires it in this mode
+    templates = teacher_templates(version)
+    privileged = templates.render(
+        "rubric_writer_context",
+        question=request.question,
+        reference_answer=request.reference_answer,
+        reference_rubric=to_generation_text(request.reference_rubric),
+    )
+    transition = templates.render("rubric_writer_transition", designer_prompt=designer_prompt)
+    return [{"role": "user", "content": privileged + "\n\n" + transition}]

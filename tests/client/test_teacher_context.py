@@ -1,0 +1,107 @@
+"""`render_teacher_context` without a service: the thinking flags reach the part they name, and the
+released templates render the release's texts exactly (the layout against the live service, on both
+backends, is tests/services/teacher/test_release_layout.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from rcsd.client.prompts import student_prompt_text
+from rcsd.client.prompts.teacher_context import (
+    ContextError,
+    analysis_prompt_ids,
+    render_teacher_context,
+    rubric_json,
+    teacher_templates,
+)
+from rcsd.client.protocol import Criterion, TeacherRequest
+
+# ChatML with Qwen3's switch: thinking off writes an empty think block after the generation prompt.
+THINKING_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+RUBRIC = [Criterion(title="Énergie", description="Uses E = h f.", weight=5)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    return tokenizer
+
+
+def _request(**extra: object) -> TeacherRequest:
+    body = {
+        "question": "What is the energy of a 500 nm photon?",
+        "reference_answer": "E = hc/λ = 3.97e-19 J",
+        "rubric": RUBRIC,
+        "completions": [[5, 6]],
+        **extra,
+    }
+    return TeacherRequest.model_validate(body)
+
+
+def test_each_thinking_flag_reaches_its_own_part(tokenizer):
+    def text(request: TeacherRequest) -> str:
+        return tokenizer.decode(render_teacher_context(tokenizer, request, "release"))
+
+    assert EMPTY_THINK not in text(_request(context_mode="none"))
+    assert text(_request(context_mode="none", student_thinking=False)).endswith(EMPTY_THINK)
+    assert EMPTY_THINK not in text(_request(context_mode="none", teacher_thinking=False))
+    assert text(_request(teacher_thinking=False)).endswith(EMPTY_THINK)  # non-reason-first
+    assert EMPTY_THINK not in text(_request(student_thinking=False))
+    analysis = [7, 8, 9]
+    reason_first = text(_request(rationale_ids=analysis, analysis_thinking=False))
+    assert reason_first.count(EMPTY_THINK) == 1  # right after the reason-first prompt, before the analysis
+    prompt = analysis_prompt_ids(
+        tokenizer,
+        question=_request().question,
+        context_mode="rubric+reference",
+        reference_answer=_request().reference_answer,
+        rubric=RUBRIC,
+        version="release",
+        enable_thinking=False,
+    )
+    ids = render_teacher_context(
+        tokenizer, _request(rationale_ids=analysis, analysis_thinking=False), "release"
+    )
+    assert ids[: len(prompt) + len(analysis)] == prompt + analysis
+    assert EMPTY_THINK not in text(_request(rationale_ids=analysis, teacher_thinking=False))
+
+
+def test_rubric_as_the_release_serialises_it():
+    assert rubric_json(RUBRIC) == '[{"title": "Énergie", "description": "Uses E = h f.", "weight": 5}]'
+
+
+def test_release_student_prompt_and_default():
+    assert (
+        student_prompt_text("Q?")
+        == student_prompt_text("Q?", "release")
+        == ("Question: Q?\n\nPlease reason step by step, and put your final answer within \\boxed{}.")
+    )
+    assert (
+        teacher_templates("release").render_exact("transition", rubric_json="[]", reference_answer="r")[:4]
+        == "\n\n\nT"
+    )  # three newlines: the release tokenizes "\n" + "\n\n{label} ..."
+
+
+def test_what_a_version_cannot_render(tokenizer):
+    with pytest.raises(ContextError) as unknown:
+        render_teacher_context(tokenizer, _request(), "v0")
+    assert unknown.value.field == "template_version"
+    with pytest.raises(ContextError) as ids_in_chat_layout:
+        render_teacher_context(tokenizer, _request(rationale_ids=[5]), "v1")
+    assert ids_in_chat_layout.value.field == "rationale_ids"
+    with pytest.raises(ContextError):
+        render_teacher_context(tokenizer, _request(rationale="auto"), "release")
+    with pytest.raises(ValueError, match="not both"):
+        _request(rationale="x", rationale_ids=[5])

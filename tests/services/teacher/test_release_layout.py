@@ -1,0 +1,178 @@
+"""The released RCSD teacher context, token for token, through the teacher service on both backends.
+
+The expected ids are written here from the release's own texts (carriegu0818/RCSD @ 521b538
+`data_collator_reward.py`: student prompt L116-119, reason-first user turn L131-148, reason-first
+instruction L37-42, transition L50-66 tokenized as "\\n" + text at L234-240, non-reason-first turn
+L154-182; the teacher sequence `cat([reasoning prompt, analysis, transition]) + completion`,
+`rcsd_trainer_reward.py` L1449-1456 and L1507-1508) by string concatenation and the tokenizer, without
+rcsd's templates. Then: `rcsd.client.prompts.render_teacher_context` (the library) equals the service
+in every mode, version and rationale form.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from rcsd.client.prompts.teacher_context import render_teacher_context
+from rcsd.client.protocol import TeacherRequest
+from tests.services.teacher.payloads import (
+    QUESTION,
+    REFERENCE,
+    RUBRIC,
+    TOLERANCE,
+    assert_matches_reference,
+    plain_logprobs,
+)
+
+STUDENT = "Question: {q}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+REASON_FIRST = (
+    "\n\nThe reference answer and rubric above are guidelines for the questions but may not be perfect. "
+    "Briefly explain the key requirements, constraints, and reasoning expectations implied by them. "
+    "Do NOT solve the question yet. Do NOT use <think> tags.\n"
+)
+REASON_FIRST_NO_RUBRIC = (
+    "\n\nThe reference material above is a guideline for the question but may not be perfect. "
+    "Briefly explain the key requirements, constraints, and reasoning expectations implied by it. "
+    "Do NOT solve the question yet. Do NOT use <think> tags.\n"
+)
+TRANSITION_BODY = (
+    " provided only as private guidance to help you understand "
+    "the correct reasoning path. Do NOT mention, cite, or refer to the reference solution, rubric, "
+    "answer key, ground truth, or any external guidance in your response. Do NOT write phrases such as "
+    "'given the solution', 'from the reference', 'according to the rubric', 'we know the answer is', "
+    "or anything implying that you have seen the answer in advance. "
+    "Instead, produce a natural, self-contained solution as if you are solving the problem independently "
+    "from the original problem statement. Use your own reasoning process, derive the result step by step, "
+    "and only present the final answer after the reasoning supports it. "
+    "Think step by step, explore different approaches if useful, and don't be afraid to backtrack "
+    "or reconsider if something doesn't work out. Put the final answer within \\boxed{}.\n"
+)
+TRANSITION = "\n\nThe reference and rubric above is" + TRANSITION_BODY
+TRANSITION_NO_RUBRIC = "\n\nThe reference above is" + TRANSITION_BODY
+ANALYSIS = "The answer needs h = g t^2 / 2 solved for t; watch the sign of g and give units."
+COMPLETION = [40, 41, 42, 43, 44]
+
+
+def _chat(tokenizer, text: str) -> list[int]:
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def _raw(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _expected(tokenizer, analysis_ids: list[int]) -> dict[str, list[int]]:
+    rubric = json.dumps(RUBRIC, ensure_ascii=False)
+    head = f"Question: {QUESTION}\n\nReference Answer:\n{REFERENCE}\n\n"
+    with_rubric = head + f"Rubric (JSON array):\n{rubric}\n"
+    return {
+        "reason_first": _chat(tokenizer, with_rubric + REASON_FIRST)
+        + analysis_ids
+        + _raw(tokenizer, "\n" + TRANSITION),
+        "reason_first_reference": _chat(tokenizer, head + REASON_FIRST_NO_RUBRIC)
+        + analysis_ids
+        + _raw(tokenizer, "\n" + TRANSITION_NO_RUBRIC),
+        "non_reason_first": _chat(
+            tokenizer,
+            f"{head}Rubric (JSON array):\n{rubric}\n\nUse the rubric and reference answer as guidance.\n"
+            "Please reason step by step, and put your final answer within \\boxed{}.",
+        ),
+        "non_reason_first_reference": _chat(
+            tokenizer,
+            head + "Use the reference material above as guidance.\n"
+            "Please reason step by step, and put your final answer within \\boxed{}.",
+        ),
+        "student": _chat(tokenizer, STUDENT.format(q=QUESTION)),
+    }
+
+
+def _body(mode: str, **extra: object) -> dict:
+    body: dict = {"question": QUESTION, "context_mode": mode, "completions": [COMPLETION]}
+    if "reference" in mode:
+        body["reference_answer"] = REFERENCE
+    if "rubric" in mode:
+        body["rubric"] = RUBRIC
+    return {**body, "return_context_ids": True, **extra}
+
+
+def _contexts(teacher, bodies: list[dict]) -> list[dict]:
+    r = httpx.post(f"{teacher.url}/teacher_logprobs/batch", json={"groups": bodies}, timeout=180)
+    assert r.status_code == 200, r.text
+    items = r.json()["results"]
+    assert all(item["ok"] for item in items), items
+    return [item["result"] for item in items]
+
+
+def test_release_layout_token_for_token(teacher, reference_model):
+    model, tokenizer = reference_model
+    analysis_ids = _raw(tokenizer, ANALYSIS)
+    expected = _expected(tokenizer, analysis_ids)
+    cases = {  # the service's default templates are the release's: no template_version sent
+        "reason_first": _body("rubric+reference", rationale=ANALYSIS),
+        "reason_first_ids": _body("rubric+reference", rationale_ids=analysis_ids),
+        "reason_first_reference": _body("reference", rationale_ids=analysis_ids),
+        "non_reason_first": _body("rubric+reference"),
+        "non_reason_first_reference": _body("reference"),
+        "student": _body("none"),
+    }
+    results = dict(zip(cases, _contexts(teacher, list(cases.values())), strict=True))
+    for name, result in results.items():
+        want = expected["reason_first" if name == "reason_first_ids" else name]
+        assert result["context_ids"] == want, name
+        assert result["template_version"] == "teacher-release"
+    # the student's tokens follow the transition directly (no chat header): the scores say so
+    result = results["reason_first_ids"]
+    rows = plain_logprobs(model, expected["reason_first"], COMPLETION)
+    assert_matches_reference(result["completions"][0], rows, COMPLETION, 0, TOLERANCE[result["backend"]])
+
+
+def _every_case(analysis_ids: list[int]) -> list[dict]:
+    writer = {"reference_answer": REFERENCE, "reference_rubric": RUBRIC}
+    bodies = []
+    for version in ("release", "v1"):
+        for mode in ("rubric", "rubric+reference", "reference"):
+            bodies += [
+                _body(mode, template_version=version),
+                _body(mode, template_version=version, rationale=ANALYSIS),
+            ]
+            if version == "release":
+                bodies.append(_body(mode, template_version=version, rationale_ids=analysis_ids))
+        bodies.append(_body("none", template_version=version))
+        bodies.append({**_body("rubric_writer", template_version=version), **writer})
+        bodies.append({**_body("rubric_writer+reference_rubric", template_version=version), **writer})
+    return bodies
+
+
+def test_library_renders_what_the_service_renders(teacher, reference_model):
+    """Every mode, both template versions, rationale as text and as ids: the same ids."""
+    _, tokenizer = reference_model
+    bodies = _every_case(_raw(tokenizer, ANALYSIS))
+    for body, result in zip(bodies, _contexts(teacher, bodies), strict=True):
+        request = TeacherRequest.model_validate(body)
+        library = render_teacher_context(tokenizer, request, body["template_version"])
+        assert library == result["context_ids"], (body["template_version"], body["context_mode"])
+
+
+def test_unrenderable_requests_are_422s_naming_the_field(teacher_servers):
+    url = f"{teacher_servers['hf'].url}/teacher_logprobs"
+    unknown = httpx.post(url, json=_body("rubric", template_version="v0"), timeout=60)
+    assert unknown.status_code == 422 and "template_version" in unknown.text
+    ids_in_v1 = httpx.post(url, json=_body("rubric", template_version="v1", rationale_ids=[5, 6]), timeout=60)
+    assert ids_in_v1.status_code == 422 and "rationale_ids" in ids_in_v1.text
+    outside = httpx.post(url, json=_body("rubric", rationale_ids=[5, 10**7]), timeout=60)
+    assert outside.status_code == 422 and "rationale_ids" in outside.text
+
+
+@pytest.mark.parametrize("field", ["rationale", "rationale_ids"])
+def test_no_rationale_in_the_none_mode(teacher_servers, field):
+    value = ANALYSIS if field == "rationale" else [5, 6]
+    r = httpx.post(
+        f"{teacher_servers['hf'].url}/teacher_logprobs", json=_body("none", **{field: value}), timeout=60
+    )
+    assert r.status_code == 422 and field in r.text
