@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from rcsd.client.protocol import (
     rubric_problems,
 )
 from rcsd.recipes.launch import ServiceProcess
+from tests.reliability.faults import assert_complete, stored_rubrics
 
 # Small bounds keep a random-weight model's maximal-length strings short enough to test quickly.
 BOUNDS = {"min_criteria": 2, "max_criteria": 2}
@@ -36,6 +39,13 @@ def rubric_server(model: Path, store_url: str, log_dir: Path, backend: str = "hf
 def generated_count(server: ServiceProcess) -> float:
     for line in httpx.get(f"{server.url}/metrics").text.splitlines():
         if line.startswith('rcsd_rubrics_total{source="generated"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def gauge(server: ServiceProcess, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
             return float(line.split()[-1])
     return 0.0
 
@@ -145,26 +155,61 @@ def test_unknown_rubric_is_404_and_oversized_batch_is_422(server):
 
 
 def test_store_survives_a_crash_mid_batch(tiny_model_dir, tmp_path):
+    """SIGKILL while the batch generates: its first rubrics are committed, the rest still decoding.
+
+    Two bounds are two JSON schemas, so the engine decodes the 2-criteria pair, stores it, then the
+    3-criteria pair (~3 s on the tiny model): the kill lands between the two commits. Afterwards
+    the store holds whole rubrics only, exactly the committed ones, and a new process serves them.
+    """
     store_url = f"sqlite:///{tmp_path / 'rubrics.db'}"
     first = rubric_server(tiny_model_dir, store_url, tmp_path).start()
     stored = httpx.post(f"{first.url}/rubrics", json=ask("What is a photon?"), timeout=300).json()
-    with httpx.Client(timeout=300) as client:  # a batch in flight when the process dies
+    three = {"min_criteria": 3, "max_criteria": 3}
+    batch = [
+        ask("Question 0?"),
+        ask("Question 1?"),
+        ask("Question 2?", bounds=three),
+        ask("Question 3?", bounds=three),
+    ]
+    answered: list[object] = []
+
+    def send() -> None:
         try:
-            client.post(
-                f"{first.url}/rubrics/batch",
-                json={"requests": [ask(f"Question {i}?") for i in range(4)]},
-                timeout=3,
-            )
-        except httpx.ReadTimeout:
-            pass
+            answered.append(httpx.post(f"{first.url}/rubrics/batch", json={"requests": batch}, timeout=300))
+        except httpx.HTTPError as exc:  # the server died under it
+            answered.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 240
+    while not (generated_count(first) >= 3 and gauge(first, "rcsd_in_flight") >= 1):
+        assert sender.is_alive() and time.monotonic() < deadline, "the batch ended before the kill"
+        time.sleep(0.05)
     first.kill()
+    sender.join(timeout=30)
+    assert isinstance(answered[0], httpx.TransportError), answered  # no answer: it was still working
+
+    records = asyncio.run(stored_rubrics(store_url))
+    asked = [RubricRequest.model_validate(body) for body in [ask("What is a photon?"), *batch]]
+    assert_complete(records, asked)  # every row whole and passing its bounds' checks
+    questions = sorted(r.question for r in records)
+    assert questions == ["Question 0?", "Question 1?", "What is a photon?"]  # the 3-criteria pair: absent
+
     second = rubric_server(tiny_model_dir, store_url, tmp_path).start()
     try:
         again = httpx.post(f"{second.url}/rubrics", json=ask("What is a photon?"), timeout=60).json()
         assert again["cached"] and again["rubric_id"] == stored["rubric_id"]
-        fresh = httpx.post(f"{second.url}/rubrics", json=ask("Question 0?"), timeout=300)
-        assert fresh.status_code == 200
-        assert_valid(fresh.json())
+        r = httpx.post(f"{second.url}/rubrics/batch", json={"requests": batch}, timeout=300)
+        assert r.status_code == 200, r.text
+        results = [item["result"] for item in r.json()["results"]]
+        assert [x["cached"] for x in results] == [True, True, False, False]
+        for body, result in zip(batch, results, strict=True):
+            assert (
+                rubric_problems(
+                    RubricResponse.model_validate(result).criteria, RubricBounds(**body["bounds"])
+                )
+                == []
+            )
     finally:
         second.stop()
 
