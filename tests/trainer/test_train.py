@@ -5,7 +5,8 @@
 - an RCSD run logs every metric, checkpoints, draws its curves, and a run resumed from its step-2
   checkpoint ends with the same weights as the run that never stopped;
 - two gloo ranks give the same weights as one process on the same global batch;
-- OPSD and GRPO run in the same loop; a teacher error fails the step instead of training on part of it.
+- OPSD and GRPO run in the same loop; a group the teacher itself refuses fails the step instead of
+  training on the groups it scored.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import json
 import shutil
 import socket
 
+import httpx
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rcsd.client import LimitExceededError
+from rcsd.client import BadRequestError
+from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig, load_config
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.train import CONFIG_FILE, main
+from tests.fixtures.services import QUESTIONS
 from tests.trainer.configs import adapter_weights, answer_config
 
 PHASES = ("rubrics", "rollout", "teacher_wait", "student", "optimizer", "update", "step")
@@ -162,11 +166,48 @@ def test_opsd_and_grpo_in_the_same_loop(tiny_model_dir, trainer_services, questi
     assert not any(key in record for key in TEACHER_METRICS)
 
 
-def test_a_teacher_error_fails_the_step(tiny_model_dir, trainer_services, questions_file, tmp_path):
-    """top_k above the teacher's limit: every group's scoring fails, so no update and no checkpoint."""
-    config = answer_config(
-        tiny_model_dir, trainer_services, questions_file, tmp_path / "run", teacher={"top_k": 64}
-    )
-    with pytest.raises(LimitExceededError):
-        main(config)
+def _teacher_requests(teacher: ServiceProcess, status: str) -> float:
+    prefix = f'rcsd_requests_total{{route="/v1/teacher_logprobs",status="{status}"}}'
+    lines = httpx.get(f"{teacher.url}/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix))
+
+
+def test_a_teacher_error_fails_the_step(tiny_model_dir, trainer_services, tmp_path):
+    """The teacher itself refuses one group of the step and scores the other; the step fails whole.
+
+    A teacher with max_model_len 1024 and a question whose context is longer: the client checks only
+    the completions against that limit (the context is rendered server-side), so the request is sent
+    and the teacher answers 422, while the step's other, short group is scored (200). With a
+    checkpoint every step, a step trained on the scored group alone would leave checkpoint 1.
+    """
+    from transformers import AutoTokenizer
+
+    padding = " Think about the units and the numbers given, then work it out step by step." * 60
+    long_question = {**QUESTIONS[0], "id": "t-long", "question": QUESTIONS[0]["question"] + padding}
+    assert len(AutoTokenizer.from_pretrained(tiny_model_dir)(long_question["question"]).input_ids) > 1100
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in (QUESTIONS[2], long_question)))
+    teacher = ServiceProcess(
+        "teacher",
+        ["--backend", "hf", "--model", str(tiny_model_dir), "--dtype", "float32", "--max-model-len", "1024"],
+        tmp_path,
+    ).start()
+    try:
+        config = answer_config(
+            tiny_model_dir,
+            {**trainer_services, "teacher": teacher},
+            questions,
+            tmp_path / "run",
+            steps=1,
+            checkpoint_every=1,
+            method="opsd",
+            teacher={"context_mode": "reference", "top_k": 8},
+        )
+        with pytest.raises(BadRequestError, match="exceed max_model_len 1024") as caught:
+            main(config)
+        assert caught.value.status_code == 422  # the teacher's answer, not a client-side refusal
+        assert _teacher_requests(teacher, "422") == 1 and _teacher_requests(teacher, "200") == 1
+    finally:
+        teacher.stop()
     assert ckpt.latest(tmp_path / "run") is None
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or read_metrics(tmp_path / "run") == []
