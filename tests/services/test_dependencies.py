@@ -32,7 +32,10 @@ def _names(requirements: list[str]) -> set[str]:
 def _declared() -> tuple[set[str], set[str]]:
     """(the base's, the services extra's) distribution names."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return _names(project["dependencies"]), _names(project["optional-dependencies"]["services"])
+    # the base is rcsd-client (setup.py pins it) and so the client's own dependencies
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    base = _names(client["dependencies"]) | {"rcsd-client"}
+    return base, _names(project["optional-dependencies"]["services"])
 
 
 def _imported_distributions() -> dict[str, str]:

@@ -48,6 +48,7 @@ def test_trainer_installs_without_the_services_and_trains(
             "-q",
             "--disable-pip-version-check",
             TORCH_CPU,
+            str(source / "client"),  # rcsd-client: the project pins it, no index has it
             f"{source}[trainer]",
         ],
         capture_output=True,

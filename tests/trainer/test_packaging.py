@@ -6,6 +6,7 @@ the `rcsd` entry point, then the whole training loop, must import none of the se
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -55,11 +56,26 @@ def test_rcsd_train_imports_nothing_of_the_services() -> None:
 def test_the_trainer_extra_leaves_out_the_services() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    names = {_name(r) for r in extras["trainer"] + project["dependencies"]}
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    names = {_name(r) for r in extras["trainer"] + client["dependencies"]}
     assert {"torch", "transformers", "peft", "pyyaml", "safetensors"} <= names
     assert not names & {"fastapi", "uvicorn", "pydantic-settings", "vllm", "xgrammar", "psycopg"}
     assert {"fastapi", "uvicorn", "pydantic-settings"} <= {_name(r) for r in extras["services"]}
     assert '".[services,trainer,dev]"' in (ROOT / "deploy" / "install.sh").read_text()
+
+
+def test_one_distribution_owns_the_client_and_the_engine_is_an_extra() -> None:
+    """`rcsd` depends on `rcsd-client` at its own version instead of packaging client/ too; the GPU
+    engine is the `vllm` extra, at the version deploy/install.sh installs."""
+    setup_py = (ROOT / "setup.py").read_text()
+    assert 'install_requires = [f"rcsd-client=={version}"]' in setup_py
+    assert '"client"' not in re.search(r"for root in \(([^)]*)\)", setup_py).group(1)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    engine = re.search(r"^VLLM_VERSION=(\S+)", (ROOT / "deploy" / "install.sh").read_text(), re.M).group(1)
+    assert extras["vllm"] == [f"vllm=={engine}"]
+    assert [_name(r) for r in extras["tensorboard"] + extras["wandb"]] == ["tensorboard", "wandb"]
+    transformers = [r for extra in extras.values() for r in extra if _name(r) == "transformers"]
+    assert transformers and all(r == "transformers>=4.56" for r in transformers)
 
 
 def _name(requirement: str) -> str:
