@@ -168,9 +168,26 @@ class TrainConfig(_Section):
     # output
     output_dir: str = "runs/train"
     checkpoint_every: int = Field(default=50, ge=1)
-    tensorboard: bool = False
+    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where each step's metrics go, all the same numbers: metrics.jsonl (always written), "
+        "TensorBoard (`rcsd[tensorboard]`), Weights & Biases (`rcsd[wandb]`; WANDB_MODE=offline needs no network)",
+    )
+    wandb_project: str = Field(default="rcsd", description="report_to wandb: the W&B project")
     plots: bool = True
-    progress: bool = True
+    progress: bool = Field(
+        default=True, description="a progress bar on a terminal; one line per step otherwise"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_flag(cls, data: Any) -> Any:
+        """Configs from before `report_to` said `tensorboard: true`; they load as report_to [jsonl, tensorboard]."""
+        if isinstance(data, dict) and "tensorboard" in data:
+            data = dict(data)
+            if data.pop("tensorboard") and "tensorboard" not in data.get("report_to", ["jsonl"]):
+                data["report_to"] = [*data.get("report_to", ["jsonl"]), "tensorboard"]
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

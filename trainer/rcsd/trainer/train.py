@@ -111,8 +111,10 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
             run_dir,
             total_steps=config.steps,
             first_step=run.first_step,
-            tensorboard=config.tensorboard,
             progress=config.progress,
+            report_to=config.report_to,
+            config=config.model_dump(mode="json"),
+            wandb_project=config.wandb_project,
         )
         if dist.is_main
         else NullLogger()

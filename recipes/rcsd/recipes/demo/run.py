@@ -208,7 +208,13 @@ def _rubrics(console: Console, config: TrainConfig, url: str) -> list[RubricOutc
             url, timeout=httpx.Timeout(RUBRIC_TIMEOUT_S, connect=5.0), deadline=RUBRIC_TIMEOUT_S
         ) as client,
         ThreadPoolExecutor(max_workers=len(chunks)) as pool,
-        Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as progress,
+        # off a terminal (a log file, a Job's stream) no live bar: the outcome lines below say it
+        Progress(
+            *Progress.get_default_columns(),
+            MofNCompleteColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as progress,
     ):
         bar = progress.add_task("rubrics", total=len(questions))
         futures = {pool.submit(one_chunk, client, chunk): i for i, chunk in enumerate(chunks)}
