@@ -12,12 +12,18 @@ in every mode, version and rationale form.
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from transformers import AutoTokenizer
 
 from rcsd.client.prompts.teacher_context import render_teacher_context
 from rcsd.client.protocol import TeacherRequest
+from tests.client.test_teacher_context import EMPTY_THINK, THINKING_TEMPLATE
+from tests.services.teacher.conftest import BACKENDS, _teacher
 from tests.services.teacher.payloads import (
     QUESTION,
     REFERENCE,
@@ -176,3 +182,41 @@ def test_no_rationale_in_the_none_mode(teacher_servers, field):
         f"{teacher_servers['hf'].url}/teacher_logprobs", json=_body("none", **{field: value}), timeout=60
     )
     assert r.status_code == 422 and field in r.text
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def thinking_teacher(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[object, object]]:
+    """The tiny model with a chat template that reads `enable_thinking` (as Qwen3's does), served."""
+    model_dir = tmp_path_factory.mktemp("thinking-model")
+    shutil.copytree(tiny_model_dir, model_dir, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    server = _teacher(model_dir, request.param, tmp_path_factory.mktemp("thinking-logs"))
+    try:
+        yield server, AutoTokenizer.from_pretrained(model_dir)
+    finally:
+        server.stop()
+
+
+def test_thinking_flags_render_alike_in_library_and_service(thinking_teacher):
+    """Each flag reaches the chat template of its own part, on the service as in the library."""
+    teacher, tokenizer = thinking_teacher
+    analysis_ids = _raw(tokenizer, ANALYSIS)
+    bodies = [
+        _body("none", student_thinking=False),
+        _body("none", student_thinking=True, teacher_thinking=False),
+        _body("rubric+reference", teacher_thinking=False),
+        _body("rubric+reference", rationale_ids=analysis_ids, analysis_thinking=False, teacher_thinking=True),
+        _body("reference", rationale=ANALYSIS, analysis_thinking=True),
+        _body("rubric", template_version="v1", teacher_thinking=False),
+        _body("rubric", template_version="v1", rationale=ANALYSIS, teacher_thinking=False),
+    ]
+    thinks_off = [True, False, True, True, False, True, True]
+    for body, off, result in zip(bodies, thinks_off, _contexts(teacher, bodies), strict=True):
+        request = TeacherRequest.model_validate(body)
+        library = render_teacher_context(tokenizer, request, body.get("template_version", "release"))
+        assert library == result["context_ids"], body
+        assert (EMPTY_THINK in tokenizer.decode(library)) == off, body

@@ -25,7 +25,6 @@ serves: the frozen base model in the released recipe.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import defaultdict
@@ -40,6 +39,7 @@ import torch
 from rcsd.client import to_padded_tensors
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer import distributed, losses
+from rcsd.trainer.analysis import analyses_file, record_analyses, sample_analyses
 from rcsd.trainer.answers import reward
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data.questions import Question
@@ -250,7 +250,12 @@ def _sample_groups(
     student.model.eval()
     analyses: list[Rollout | None] = [None] * len(mine)
     if config.teacher.reason_first and mine:
-        analyses = list(_sample_analyses(run, step, mine, rubrics))
+        assert isinstance(run.task, AnsweringQuestions)  # the config allows reason_first in Stage II only
+        sampled = sample_analyses(run.engine, run.task, student.tokenizer, config, mine, rubrics)
+        if run.run_dir is not None:
+            path = analyses_file(run.run_dir, run.dist.rank)
+            record_analyses(path, step + 1, mine, sampled, student.tokenizer)
+        analyses = list(sampled)
     for (pos, question), rubric, analysis in zip(mine, rubrics, analyses, strict=True):
         params = SamplingParams(
             max_new_tokens=config.sampling.max_new_tokens,
@@ -273,47 +278,6 @@ def _sample_groups(
 def _score(run: Run, group: Group) -> Future[Scored]:
     analysis_ids = group.analysis.completion_ids if group.analysis is not None else None
     return run.task.score(group.question, group.rubric, _ids(group), analysis_ids)
-
-
-def _sample_analyses(
-    run: Run, step: int, mine: list[tuple[int, Question]], rubrics: list[Rubric | None]
-) -> list[Rollout]:
-    """`teacher.reason_first`: one analysis per question, in one call to the rollout engine.
-
-    As the release does it: sampled every step from the weights that sample the answers (the current
-    student), with the rollouts' temperature, top_p and top_k and its own token budget, after the
-    teacher's reason-first prompt (privileged context + "Briefly explain ... Do NOT solve").
-    Written to the run's `analyses.jsonl` (one line per question, rank-suffixed beyond rank 0).
-    """
-    config, tokenizer = run.config, run.student.tokenizer
-    assert isinstance(run.task, AnsweringQuestions)  # the config allows reason_first in Stage II only
-    prompts = [
-        run.task.analysis_prompt_ids(tokenizer, question, rubric)
-        for (_, question), rubric in zip(mine, rubrics, strict=True)
-    ]
-    params = SamplingParams(
-        max_new_tokens=config.teacher.analysis_max_tokens,
-        temperature=config.sampling.temperature,
-        top_p=config.sampling.top_p,
-        top_k=config.sampling.top_k,
-        seed=int(np.random.default_rng([config.seed, mine[0][0], 1]).integers(2**31 - 1)),
-    )
-    analyses = [rollouts[0] for rollouts in run.engine.sample(prompts, params, n=1)]
-    if run.run_dir is not None:
-        name = "analyses.jsonl" if run.dist.rank == 0 else f"analyses.rank{run.dist.rank}.jsonl"
-        with (run.run_dir / name).open("a", encoding="utf-8") as out:
-            for (pos, question), analysis in zip(mine, analyses, strict=True):
-                record = {
-                    "step": step + 1,
-                    "position": pos,
-                    "question_id": question.id,
-                    "tokens": len(analysis.completion_ids),
-                    "truncated": analysis.truncated,
-                    "text": tokenizer.decode(analysis.completion_ids, skip_special_tokens=True),
-                    "token_ids": analysis.completion_ids,
-                }
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return analyses
 
 
 def _maybe_checkpoint(run: Run, done: int, run_dir: Path) -> None:
