@@ -12,7 +12,17 @@ import math
 import pytest
 import torch
 
-from rcsd.trainer.losses import group_advantages, grpo_loss, sampled_rkl, topk_fkl, topk_jsd
+from rcsd.trainer.losses import gather_topk, group_advantages, grpo_loss, sampled_rkl, topk_fkl, topk_jsd
+
+
+def full_fkl(logits_B_T_V, ids_B_T_K, logprobs_B_T_K, mask_B_T, **settings):
+    """topk_fkl on the student's full logits, gathered at the teacher's ids as the trainer does."""
+    return topk_fkl(*gather_topk(logits_B_T_V, ids_B_T_K), logprobs_B_T_K, mask_B_T, **settings)
+
+
+def full_jsd(logits_B_T_V, ids_B_T_K, logprobs_B_T_K, mask_B_T, **settings):
+    return topk_jsd(*gather_topk(logits_B_T_V, ids_B_T_K), logprobs_B_T_K, mask_B_T, **settings)
+
 
 B, T, V, K = 3, 5, 11, 4
 
@@ -93,7 +103,7 @@ def _compare(loss: torch.Tensor, expected: torch.Tensor, logits: torch.Tensor) -
 @pytest.mark.parametrize("clip", [None, 0.05, 0.02])
 def test_topk_fkl_matches_brute_force(tau, clip):
     x = _inputs(seed=1)
-    loss, metrics = topk_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"], tau=tau, clip=clip)
+    loss, metrics = full_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"], tau=tau, clip=clip)
     _compare(loss, _brute(x, tau, _forward_kl, clip), x["logits"])
     assert metrics["tokens"] == x["mask"].sum().item()
     assert metrics["loss"] == pytest.approx(loss.item())
@@ -101,8 +111,8 @@ def test_topk_fkl_matches_brute_force(tau, clip):
 
 def test_clip_is_active_and_a_clipped_term_passes_no_gradient():
     x = _inputs(seed=2)
-    _, unclipped = topk_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"], clip=None)
-    loss, metrics = topk_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"], clip=0.02)
+    _, unclipped = full_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"], clip=None)
+    loss, metrics = full_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"], clip=0.02)
     assert 0 < metrics["clip_fraction"] < 1
     assert loss.item() < unclipped["loss"]
     # one position, two ids: teacher p = (0.9, 0.1), student q = (0.1, 0.9), tau = 1. The first term
@@ -112,7 +122,7 @@ def test_clip_is_active_and_a_clipped_term_passes_no_gradient():
     ids = torch.tensor([[[0, 1]]])
     logprobs = torch.tensor([[[math.log(0.9), math.log(0.1)]]], dtype=torch.float64)
     mask = torch.ones(1, 1, dtype=torch.bool)
-    loss, metrics = topk_fkl(logits, ids, logprobs, mask, tau=1.0, clip=0.05)
+    loss, metrics = full_fkl(logits, ids, logprobs, mask, tau=1.0, clip=0.05)
     loss.backward()
     assert loss.item() == pytest.approx(0.05 + 0.1 * math.log(0.1 / 0.9))
     assert metrics["clip_fraction"] == 0.5
@@ -123,12 +133,12 @@ def test_clip_is_active_and_a_clipped_term_passes_no_gradient():
 
 def test_padding_masks_and_padded_positions_do_not_matter():
     x = _inputs(seed=3)
-    loss, _ = topk_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"])
+    loss, _ = full_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"])
     # garbage at masked positions (the client pads with id 0 / log-prob 0, or -inf) changes nothing
     ids, logprobs = x["ids"].clone(), x["logprobs"].clone()
     ids[~x["mask"]] = 0
     logprobs[~x["mask"]] = -math.inf
-    loss_padded, _ = topk_fkl(x["logits"], ids, logprobs, x["mask"])
+    loss_padded, _ = full_fkl(x["logits"], ids, logprobs, x["mask"])
     assert loss_padded.item() == pytest.approx(loss.item(), rel=1e-12)
     (grad,) = torch.autograd.grad(loss_padded, x["logits"])
     assert torch.isfinite(grad).all()
@@ -141,40 +151,40 @@ def test_padded_topk_entries_are_excluded():
     ids[:, :, -1] = -1  # a padded entry in the last slot of every position
     logprobs[:, :, -1] = -math.inf
     padded = dict(x, ids=ids, logprobs=logprobs)
-    loss, _ = topk_fkl(x["logits"], ids, logprobs, x["mask"], clip=None)
+    loss, _ = full_fkl(x["logits"], ids, logprobs, x["mask"], clip=None)
     _compare(loss, _brute(padded, 1.2, _forward_kl, None), x["logits"])
 
 
-@pytest.mark.parametrize("loss_fn", [topk_fkl, topk_jsd])
+@pytest.mark.parametrize("loss_fn", [full_fkl, full_jsd])
 def test_k_larger_than_the_vocab_slice(loss_fn):
     x = _inputs(seed=5, k=V + 3)
     assert x["ids"].shape[-1] > V
     loss, _ = loss_fn(x["logits"], x["ids"], x["logprobs"], x["mask"], tau=1.0)
-    term = _forward_kl if loss_fn is topk_fkl else _jsd(0.5)
-    clip = 0.05 if loss_fn is topk_fkl else None
+    term = _forward_kl if loss_fn is full_fkl else _jsd(0.5)
+    clip = 0.05 if loss_fn is full_fkl else None
     _compare(loss, _brute(x, 1.0, term, clip), x["logits"])
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
 def test_topk_jsd_matches_brute_force(beta):
     x = _inputs(seed=6)
-    loss, _ = topk_jsd(x["logits"], x["ids"], x["logprobs"], x["mask"], beta=beta, tau=1.2)
+    loss, _ = full_jsd(x["logits"], x["ids"], x["logprobs"], x["mask"], beta=beta, tau=1.2)
     _compare(loss, _brute(x, 1.2, _jsd(beta), None), x["logits"])
 
 
 def test_topk_jsd_ends_are_forward_and_reverse_kl():
     x = _inputs(seed=7)
     args = (x["logits"], x["ids"], x["logprobs"], x["mask"])
-    forward, _ = topk_jsd(*args, beta=0.0)
+    forward, _ = full_jsd(*args, beta=0.0)
     _compare(forward, _brute(x, 1.2, _forward_kl, None), x["logits"])
-    fkl, _ = topk_fkl(*args, clip=None)
+    fkl, _ = full_fkl(*args, clip=None)
     assert forward.item() == pytest.approx(fkl.item(), rel=1e-12)
-    reverse, _ = topk_jsd(*args, beta=1.0)
+    reverse, _ = full_jsd(*args, beta=1.0)
     _compare(reverse, _brute(x, 1.2, _reverse_kl, None), x["logits"])
     # and they are the limits: JSD_beta / beta -> forward KL, JSD_beta / (1 - beta) -> reverse KL
     eps = 1e-5
-    near_0, _ = topk_jsd(*args, beta=eps)
-    near_1, _ = topk_jsd(*args, beta=1 - eps)
+    near_0, _ = full_jsd(*args, beta=eps)
+    near_1, _ = full_jsd(*args, beta=1 - eps)
     assert near_0.item() / eps == pytest.approx(forward.item(), rel=1e-3)
     assert near_1.item() / eps == pytest.approx(reverse.item(), rel=1e-3)
 
@@ -183,15 +193,15 @@ def test_tau_uses_only_the_topk_logprobs():
     """Any constant shift of the teacher's log-probs (its normaliser) cancels at every tau."""
     x = _inputs(seed=8)
     for tau in (0.8, 1.2, 2.0):
-        a, _ = topk_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"], tau=tau, clip=None)
-        b, _ = topk_fkl(x["logits"], x["ids"], x["logprobs"] - 3.7, x["mask"], tau=tau, clip=None)
+        a, _ = full_fkl(x["logits"], x["ids"], x["logprobs"], x["mask"], tau=tau, clip=None)
+        b, _ = full_fkl(x["logits"], x["ids"], x["logprobs"] - 3.7, x["mask"], tau=tau, clip=None)
         assert a.item() == pytest.approx(b.item(), rel=1e-10)
 
 
 def test_no_valid_token_gives_a_zero_with_a_graph():
     x = _inputs(seed=9)
     none = torch.zeros(B, T, dtype=torch.bool)
-    loss, metrics = topk_fkl(x["logits"], x["ids"], x["logprobs"], none)
+    loss, metrics = full_fkl(x["logits"], x["ids"], x["logprobs"], none)
     loss.backward()
     assert loss.item() == 0.0 and metrics["tokens"] == 0
     assert torch.count_nonzero(x["logits"].grad) == 0
@@ -199,8 +209,8 @@ def test_no_valid_token_gives_a_zero_with_a_graph():
 
 def test_bfloat16_student_logits():
     x = _inputs(seed=10)
-    loss32, _ = topk_fkl(x["logits"].float(), x["ids"], x["logprobs"].float(), x["mask"])
-    loss16, _ = topk_fkl(x["logits"].bfloat16(), x["ids"], x["logprobs"].float(), x["mask"])
+    loss32, _ = full_fkl(x["logits"].float(), x["ids"], x["logprobs"].float(), x["mask"])
+    loss16, _ = full_fkl(x["logits"].bfloat16(), x["ids"], x["logprobs"].float(), x["mask"])
     assert loss16.dtype == torch.float32
     assert loss16.item() == pytest.approx(loss32.item(), rel=5e-2)
 

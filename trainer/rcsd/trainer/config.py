@@ -67,6 +67,9 @@ class LossConfig(_Section):
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="topk_jsd: 0 forward KL, 1 reverse KL")
     advantage_clip: float | None = Field(default=None, gt=0.0, description="sampled_rkl")
     grpo_clip_eps: float = Field(default=0.2, gt=0.0)
+    chunk_size: int = Field(
+        default=256, ge=1, description="positions per output-head chunk: the loss never holds [T, V] at once"
+    )
 
 
 class TeacherConfig(_Section):

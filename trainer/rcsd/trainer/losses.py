@@ -1,7 +1,8 @@
 """Distillation and RL losses: pure functions over tensors, each returning `(loss, metrics)`.
 
 Shapes are in the names: B completions, T completion positions, V the student's vocabulary, K the
-teacher's top-K ids per position. `mask_B_T` is True on real completion tokens; every loss is averaged
+teacher's top-K ids per position. The top-K losses take the student's logits at the teacher's ids only
+(`gather_topk`), so the trainer never holds [B, T, V] logits for them (`student.score_completions`). `mask_B_T` is True on real completion tokens; every loss is averaged
 over those tokens (a batch with none gives a zero that still has a graph, so no NaN reaches the step).
 
 - `topk_fkl` (the released RCSD loss) and `topk_jsd` compare the student with the teacher on the
@@ -31,25 +32,36 @@ def _masked_mean(values_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> torch.Tens
     return torch.where(mask_B_T, values_B_T, 0.0).sum() / mask_B_T.sum().clamp(min=1)
 
 
+def gather_topk(
+    student_logits_B_T_V: torch.Tensor, teacher_topk_ids_B_T_K: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's logits at the teacher's top-K ids, and which of those ids its vocabulary holds.
+
+    Gathered before any upcast: never a float32 copy of the whole [B, T, V]. An id outside the
+    student's vocabulary (K larger than what the teacher could return) reads logit 0 and is marked.
+    """
+    vocab = student_logits_B_T_V.shape[-1]
+    ids_B_T_K = teacher_topk_ids_B_T_K.long()
+    in_vocab_B_T_K = (ids_B_T_K >= 0) & (ids_B_T_K < vocab)
+    safe_ids_B_T_K = torch.where(in_vocab_B_T_K, ids_B_T_K, 0)
+    return student_logits_B_T_V.gather(-1, safe_ids_B_T_K), in_vocab_B_T_K
+
+
 def _topk_log_distributions(
-    student_logits_B_T_V: torch.Tensor,
-    teacher_topk_ids_B_T_K: torch.Tensor,
+    student_topk_logits_B_T_K: torch.Tensor,
+    in_vocab_B_T_K: torch.Tensor,
     teacher_topk_logprobs_B_T_K: torch.Tensor,
     tau: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher and student log-distributions at `tau`, renormalised over the teacher's valid top-K ids.
 
     A top-K entry is invalid (padding) when its log-prob is -inf or its id lies outside the student's
-    vocabulary slice (K larger than what the teacher could return). Invalid entries get a very negative
-    finite logit, so they carry no probability and a row with no valid entry stays finite.
+    vocabulary. Invalid entries get a very negative finite logit, so they carry no probability and a
+    row with no valid entry stays finite.
     Returns `(teacher_logp_B_T_K, student_logq_B_T_K, valid_B_T_K)`, in float32 at least.
     """
-    vocab = student_logits_B_T_V.shape[-1]
-    ids_B_T_K = teacher_topk_ids_B_T_K.long()
-    valid_B_T_K = (ids_B_T_K >= 0) & (ids_B_T_K < vocab) & torch.isfinite(teacher_topk_logprobs_B_T_K)
-    safe_ids_B_T_K = torch.where(valid_B_T_K, ids_B_T_K, 0)
-    # gather before upcasting: never a float32 copy of the whole [B, T, V]
-    student_B_T_K = _wide(student_logits_B_T_V.gather(-1, safe_ids_B_T_K)) / tau
+    valid_B_T_K = in_vocab_B_T_K & torch.isfinite(teacher_topk_logprobs_B_T_K)
+    student_B_T_K = _wide(student_topk_logits_B_T_K) / tau
     teacher_B_T_K = torch.where(valid_B_T_K, _wide(teacher_topk_logprobs_B_T_K), 0.0) / tau
     floor = torch.finfo(student_B_T_K.dtype).min / 4  # finite, so 0 * (floor - floor) stays 0
     teacher_logp_B_T_K = teacher_B_T_K.masked_fill(~valid_B_T_K, floor).log_softmax(-1)
@@ -81,8 +93,8 @@ def _reduce_terms(
 
 
 def topk_fkl(
-    student_logits_B_T_V: torch.Tensor,
-    teacher_topk_ids_B_T_K: torch.Tensor,
+    student_topk_logits_B_T_K: torch.Tensor,
+    in_vocab_B_T_K: torch.Tensor,
     teacher_topk_logprobs_B_T_K: torch.Tensor,
     mask_B_T: torch.Tensor,
     *,
@@ -91,17 +103,18 @@ def topk_fkl(
 ) -> tuple[torch.Tensor, Metrics]:
     """The released RCSD loss: forward KL(teacher || student) on the teacher's top-K ids, per-id clipped.
 
-    `student_logits_B_T_V[b, t]` are the logits that predict completion token t (already shifted).
+    `student_topk_logits_B_T_K[b, t]` are the student's logits (predicting completion token t) at the
+    teacher's top-K ids there, as `gather_topk` or `rcsd.trainer.student.score_completions` give them.
     """
     logp, logq, valid = _topk_log_distributions(
-        student_logits_B_T_V, teacher_topk_ids_B_T_K, teacher_topk_logprobs_B_T_K, tau
+        student_topk_logits_B_T_K, in_vocab_B_T_K, teacher_topk_logprobs_B_T_K, tau
     )
     return _reduce_terms(_kl_terms(logp, logq, valid), valid, mask_B_T, clip)
 
 
 def topk_jsd(
-    student_logits_B_T_V: torch.Tensor,
-    teacher_topk_ids_B_T_K: torch.Tensor,
+    student_topk_logits_B_T_K: torch.Tensor,
+    in_vocab_B_T_K: torch.Tensor,
     teacher_topk_logprobs_B_T_K: torch.Tensor,
     mask_B_T: torch.Tensor,
     *,
@@ -118,7 +131,7 @@ def topk_jsd(
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], not {beta}")
     logp, logq, valid = _topk_log_distributions(
-        student_logits_B_T_V, teacher_topk_ids_B_T_K, teacher_topk_logprobs_B_T_K, tau
+        student_topk_logits_B_T_K, in_vocab_B_T_K, teacher_topk_logprobs_B_T_K, tau
     )
     if beta == 0.0:
         terms = _kl_terms(logp, logq, valid)

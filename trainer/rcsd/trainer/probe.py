@@ -24,7 +24,7 @@ from rcsd.trainer.data.questions import load_questions
 from rcsd.trainer.distributed import Dist
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.service_calls import ServiceCalls
-from rcsd.trainer.student import Student, completion_logits, sampled_logprobs
+from rcsd.trainer.student import Student, score_completions
 
 ANSWERS_FILE = "probe_answers.json"
 RESULTS_FILE = "probe.json"
@@ -115,22 +115,24 @@ class Probe(RecordedProbe):
             if self.calls.teacher is not None:
                 scored = self.calls.score(question, rubric, [answer]).result()
                 teacher = to_padded_tensors([scored.response])
-                logits, ids, mask = completion_logits(model, prompt, [answer], pad_id)
+                scores = score_completions(model, prompt, [answer], pad_id, teacher["topk_ids_B_T_K"])
+                assert scores.topk_logits_B_T_K is not None and scores.in_vocab_B_T_K is not None
                 _, metrics = losses.topk_fkl(
-                    logits.float().cpu(),
-                    teacher["topk_ids_B_T_K"],
+                    scores.topk_logits_B_T_K.float().cpu(),
+                    scores.in_vocab_B_T_K.cpu(),
                     teacher["topk_logprobs_B_T_K"],
-                    mask.cpu(),
+                    scores.mask_B_T.cpu(),
                     tau=1.0,
                     clip=None,
                 )
-                student_lp = sampled_logprobs(logits, ids).cpu()
+                student_lp = scores.logprobs_B_T.cpu()
                 sums["topk_kl"] += metrics["loss"] * len(answer)
                 sums["sampled_kl"] += float((student_lp - teacher["teacher_logprobs_B_T"]).sum())
                 sums["tokens"] += len(answer)
             reference = tokenizer(question.reference_answer, add_special_tokens=False)["input_ids"]
-            logits, ids, _ = completion_logits(model, prompt, [reference], pad_id)
-            sums["reference_logprob"] += float(sampled_logprobs(logits, ids).sum())
+            sums["reference_logprob"] += float(
+                score_completions(model, prompt, [reference], pad_id).logprobs_B_T.sum()
+            )
             sums["ref_tokens"] += len(reference)
         results = {"reference_logprob": sums["reference_logprob"] / max(sums["ref_tokens"], 1.0)}
         if sums["tokens"]:

@@ -31,7 +31,7 @@ from rcsd.trainer.data.questions import Question, ReferenceRubric, reference_rub
 from rcsd.trainer.probe import RecordedProbe
 from rcsd.trainer.prompts import rubric_prompt_ids
 from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
-from rcsd.trainer.student import Student, completion_logits, sampled_logprobs
+from rcsd.trainer.student import Student, score_completions
 
 RESULTS_FILE = "rubric_probe.json"
 
@@ -93,8 +93,7 @@ def rubric_logprob(model: Any, tokenizer: Any, items: list[ReferenceRubric], bou
         prompt = rubric_prompt_ids(tokenizer, question.prompt_text, question.reference_answer, bounds)
         text_ids = tokenizer(to_generation_text(item.criteria), add_special_tokens=False)["input_ids"]
         target = [*text_ids, tokenizer.eos_token_id]
-        logits_B_T_V, ids_B_T, _ = completion_logits(model, prompt, [target], pad_id)
-        total += float(sampled_logprobs(logits_B_T_V, ids_B_T).sum())
+        total += float(score_completions(model, prompt, [target], pad_id).logprobs_B_T.sum())
         tokens += len(target)
     return total / max(tokens, 1)
 

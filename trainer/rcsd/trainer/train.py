@@ -46,7 +46,7 @@ from rcsd.trainer.data.questions import Question
 from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
 from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
 from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
-from rcsd.trainer.student import Student, completion_logits, load_student, sampled_logprobs
+from rcsd.trainer.student import CompletionScores, Student, load_student, score_completions
 from rcsd.trainer.tasks import AnsweringQuestions, Task, make_task
 
 CONFIG_FILE = "config.yaml"
@@ -350,15 +350,21 @@ def _group_loss(
     """The group's loss (a mean over its valid tokens) and its token count; adds its metrics to `sums`."""
     completions = _ids(group)
     pad_id = student.tokenizer.pad_token_id or 0
-    logits_B_T_V, ids_B_T, mask_B_T = completion_logits(
-        student.model, group.rollouts[0].prompt_ids, completions, pad_id
+    teacher = to_padded_tensors([scored.response]) if scored is not None else None
+    scores = score_completions(
+        student.model,
+        group.rollouts[0].prompt_ids,
+        completions,
+        pad_id,
+        None if teacher is None else teacher.get("topk_ids_B_T_K"),
+        chunk_size=config.loss.chunk_size,
     )
+    logprobs_B_T, mask_B_T = scores.logprobs_B_T, scores.mask_B_T
     tokens = float(mask_B_T.sum())
     sums["tokens"] += tokens
     sums["rollouts"] += len(completions)
     sums["truncated"] += sum(r.truncated for r in group.rollouts)
     if config.method == "grpo":
-        logprobs_B_T = sampled_logprobs(logits_B_T_V, ids_B_T)
         texts = student.tokenizer.batch_decode(completions, skip_special_tokens=True)
         rewards_B = torch.tensor([reward(text, group.question) for text in texts])
         advantages_B = losses.group_advantages(rewards_B).to(logprobs_B_T.device)
@@ -367,13 +373,12 @@ def _group_loss(
         )
         sums["reward"] += float(rewards_B.sum())
     else:
-        assert scored is not None
-        teacher = {k: v.to(logits_B_T_V.device) for k, v in to_padded_tensors([scored.response]).items()}
-        loss, metrics = _distillation_loss(config, logits_B_T_V, ids_B_T, teacher, mask_B_T)
+        assert scored is not None and teacher is not None
+        teacher = {k: v.to(logprobs_B_T.device) for k, v in teacher.items()}
+        loss, metrics = _distillation_loss(config, scores, teacher)
         with torch.no_grad():
-            student_lp_B_T = sampled_logprobs(logits_B_T_V.detach(), ids_B_T)
             teacher_lp_B_T = teacher["teacher_logprobs_B_T"]
-            sums["kl_sampled"] += float(((student_lp_B_T - teacher_lp_B_T) * mask_B_T).sum())
+            sums["kl_sampled"] += float(((logprobs_B_T.detach() - teacher_lp_B_T) * mask_B_T).sum())
             sums["teacher_logprob"] += float((teacher_lp_B_T * mask_B_T).sum())
         sums["teacher_tokens"] += scored.response.context_length + tokens
         sums["teacher_latency"] += scored.latency_s
@@ -386,21 +391,18 @@ def _group_loss(
 
 
 def _distillation_loss(
-    config: TrainConfig,
-    logits_B_T_V: torch.Tensor,
-    ids_B_T: torch.Tensor,
-    teacher: dict[str, torch.Tensor],
-    mask_B_T: torch.Tensor,
+    config: TrainConfig, scores: CompletionScores, teacher: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, dict[str, float]]:
     settings = config.loss
     if settings.name == "sampled_rkl":
         return losses.sampled_rkl(
-            sampled_logprobs(logits_B_T_V, ids_B_T),
+            scores.logprobs_B_T,
             teacher["teacher_logprobs_B_T"],
-            mask_B_T,
+            scores.mask_B_T,
             advantage_clip=settings.advantage_clip,
         )
-    topk = (logits_B_T_V, teacher["topk_ids_B_T_K"], teacher["topk_logprobs_B_T_K"], mask_B_T)
+    assert scores.topk_logits_B_T_K is not None and scores.in_vocab_B_T_K is not None
+    topk = (scores.topk_logits_B_T_K, scores.in_vocab_B_T_K, teacher["topk_logprobs_B_T_K"], scores.mask_B_T)
     if settings.name == "topk_jsd":
         return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau)
     return losses.topk_fkl(*topk, tau=settings.tau, clip=settings.clip)
