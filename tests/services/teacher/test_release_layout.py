@@ -169,6 +169,8 @@ def test_unrenderable_requests_are_422s_naming_the_field(teacher_servers):
     url = f"{teacher_servers['hf'].url}/teacher_logprobs"
     unknown = httpx.post(url, json=_body("rubric", template_version="v0"), timeout=60)
     assert unknown.status_code == 422 and "template_version" in unknown.text
+    escaping = httpx.post(url, json=_body("rubric", template_version="../rubric_designer"), timeout=60)
+    assert escaping.status_code == 422 and "template_version" in escaping.text  # no path out of templates/
     ids_in_v1 = httpx.post(url, json=_body("rubric", template_version="v1", rationale_ids=[5, 6]), timeout=60)
     assert ids_in_v1.status_code == 422 and "rationale_ids" in ids_in_v1.text
     outside = httpx.post(url, json=_body("rubric", rationale_ids=[5, 10**7]), timeout=60)

@@ -56,7 +56,7 @@ class TeacherRequest(WireModel):
     rubric: list[Criterion] | None = Field(default=None, max_length=MAX_CRITERIA)
     rationale: str | None = Field(default=None, max_length=MAX_RATIONALE_CHARS)
     rationale_ids: list[int] | None = Field(default=None, min_length=1, max_length=MAX_RATIONALE_CHARS)
-    template_version: str | None = Field(default=None, min_length=1, max_length=64)
+    template_version: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     student_thinking: bool | None = None
     teacher_thinking: bool | None = None
     analysis_thinking: bool | None = None
