@@ -98,6 +98,9 @@ def test_what_a_version_cannot_render(tokenizer):
     with pytest.raises(ContextError) as unknown:
         render_teacher_context(tokenizer, _request(), "v0")
     assert unknown.value.field == "template_version"
+    for mode in ("none", "rubric_writer"):  # also where the version's own parts are not used
+        with pytest.raises(ContextError, match="v0"):
+            render_teacher_context(tokenizer, _request(context_mode=mode), "v0")
     with pytest.raises(ContextError) as ids_in_chat_layout:
         render_teacher_context(tokenizer, _request(rationale_ids=[5]), "v1")
     assert ids_in_chat_layout.value.field == "rationale_ids"

@@ -153,6 +153,7 @@ def render_teacher_context(
     Raises ContextError for a request `version` cannot render.
     """
     mode = request.context_mode
+    templates = teacher_templates(version)  # an unknown version is a ContextError in every mode
     text = rationale if rationale is not None else request.rationale
     if text == AUTO_RATIONALE:
         raise ContextError("rationale", "an auto rationale is written by the teacher before rendering")
@@ -163,7 +164,6 @@ def render_teacher_context(
     if mode == "none":
         prompt = student_prompt_text(request.question, version)
         return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}], request.student_thinking)
-    templates = teacher_templates(version)
     if templates.has(RELEASE_MARKER):
         return _release_context(tokenizer, templates, request, text)
     if request.rationale_ids is not None:
