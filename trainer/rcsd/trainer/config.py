@@ -63,7 +63,9 @@ class LossConfig(_Section):
 
     name: Literal["topk_fkl", "topk_jsd", "sampled_rkl"] = "topk_fkl"
     tau: float = Field(default=1.2, gt=0.0)
-    clip: float = Field(default=0.05, gt=0.0, description="topk_fkl: max of each id's term")
+    clip: float | None = Field(
+        default=0.05, gt=0.0, description="topk_fkl/topk_jsd: max of each id's term; null: none"
+    )
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="topk_jsd: 0 forward KL, 1 reverse KL")
     advantage_clip: float | None = Field(default=None, gt=0.0, description="sampled_rkl")
     grpo_clip_eps: float = Field(default=0.2, gt=0.0)
@@ -150,7 +152,8 @@ class TrainConfig(_Section):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(default=1e-8, gt=0.0)
     warmup_steps: int = Field(default=0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # "linear" decays to 0 at the last step, as the release (HF TrainingArguments' default)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     steps: int = Field(default=100, ge=1)
     seed: int = 0

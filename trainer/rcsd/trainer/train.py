@@ -404,7 +404,7 @@ def _distillation_loss(
     assert scores.topk_logits_B_T_K is not None and scores.in_vocab_B_T_K is not None
     topk = (scores.topk_logits_B_T_K, scores.in_vocab_B_T_K, teacher["topk_logprobs_B_T_K"], scores.mask_B_T)
     if settings.name == "topk_jsd":
-        return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau)
+        return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau, clip=settings.clip)
     return losses.topk_fkl(*topk, tau=settings.tau, clip=settings.clip)
 
 
@@ -456,6 +456,8 @@ def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
         if config.lr_schedule == "cosine":
             progress = (step - warmup) / max(1, steps - warmup)
             return 0.5 * (1.0 + float(np.cos(np.pi * min(progress, 1.0))))
+        if config.lr_schedule == "linear":
+            return max(0.0, (steps - step) / max(1, steps - warmup))
         return 1.0
 
     return factor
