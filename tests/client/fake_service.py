@@ -5,7 +5,8 @@ limits enforced with 422, per-item batch errors: a completion with a token id ou
 vocabulary, a rubric request over max_model_len or whose question starts with "unsolvable")
 and can be told to misbehave: answer the next requests with a
 status and a Retry-After, answer slowly, refuse until ready, or be stopped and restarted on
-the same port. Scores are a pure function of (token id, position), so a split batch must
+the same port, or answer as a later server version would: with a new field in every object of
+every answer (`added_fields`), or from another model revision. Scores are a pure function of (token id, position), so a split batch must
 come back equal to the unsplit one.
 """
 
@@ -18,6 +19,7 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+import msgpack
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -52,6 +54,10 @@ from rcsd.recipes.launch import free_port
 VOCAB = 1000
 MAX_MODEL_LEN = 4096
 OPEN_PATHS = {"/health", "/ready"}
+ADDED_TO_MAP: dict[str, dict[str, object]] = {
+    "limits": {"max_added_later": 7},
+    "templates": {"added_mode": "v9"},
+}
 
 
 @dataclass
@@ -60,6 +66,8 @@ class FakeState:
 
     limits: dict[str, int] = field(default_factory=dict)
     tokenizer_hash: str = "fake-tokenizer"
+    model_revision: str = "r0"
+    added_fields: bool = False  # a later server version: every answer's every object has a new field
     vocab_size: int = VOCAB
     api_key: str | None = None
     ready: bool = True
@@ -106,10 +114,30 @@ def build_app(state: FakeState) -> FastAPI:
     def error(status: int, type_: str, message: str, field: str | None, request: Request) -> JSONResponse:
         body = ErrorResponse(
             error=ErrorDetail(
-                type=type_, message=message, field=field, request_id=request.headers.get("x-request-id")
+                type=type_,
+                message=message,
+                field=field,
+                request_id=request.headers.get("x-request-id"),
+                param=field,
+                code=type_,
             )
         )
-        return JSONResponse(body.model_dump(mode="json"), status_code=status)
+        return JSONResponse(with_added(body.model_dump(mode="json")), status_code=status)
+
+    def with_added(value: object) -> object:
+        """`value` with a field no client knows added to every object in it, when told to (maps get
+        a new entry of their value type: a new limit, a new mode's template version)."""
+        if not state.added_fields:
+            return value
+        if isinstance(value, dict):
+            fields = {
+                k: ({**v, **ADDED_TO_MAP[k]} if k in ADDED_TO_MAP else with_added(v))
+                for k, v in value.items()
+            }
+            return {**fields, "added_later": {"x": [1, "y"]}}
+        if isinstance(value, list):
+            return [with_added(v) for v in value]
+        return value
 
     @app.exception_handler(_Refusal)
     async def _refused(request: Request, exc: _Refusal) -> JSONResponse:
@@ -154,8 +182,15 @@ def build_app(state: FakeState) -> FastAPI:
         state.hits[request.url.path] += 1
         if MSGPACK_MEDIA_TYPE in request.headers.get("accept", ""):
             state.msgpack_answers += 1
+            if state.added_fields:
+                packed = msgpack.packb(
+                    with_added(model.model_dump(mode="python")),
+                    default=codec._pack_default,
+                    use_bin_type=True,
+                )
+                return Response(packed, media_type=MSGPACK_MEDIA_TYPE)
             return Response(codec.encode(model), media_type=MSGPACK_MEDIA_TYPE)
-        return Response(model.model_dump_json(), media_type="application/json")
+        return JSONResponse(with_added(model.model_dump(mode="json")))
 
     def limit(key: str) -> int:
         return state.limits.get(key, 2**31)
@@ -199,13 +234,14 @@ def build_app(state: FakeState) -> FastAPI:
             context_length=len(group.question) + len(rationale or ""),
             rationale=rationale,
             model="fake-teacher",
-            model_revision="r0",
+            model_revision=state.model_revision,
             tokenizer_hash=state.tokenizer_hash,
             backend="hf",
             template_version="v1",
         )
 
-    @app.post("/teacher_logprobs")
+    @app.post("/teacher_logprobs")  # the pre-/v1 path, an alias as on the real services
+    @app.post("/v1/teacher_logprobs")
     async def teacher_logprobs(body: TeacherRequest, request: Request) -> Response:
         await admit(request)
         check_group(body, "")
@@ -213,6 +249,7 @@ def build_app(state: FakeState) -> FastAPI:
         return answer(request, score(body))
 
     @app.post("/teacher_logprobs/batch")
+    @app.post("/v1/teacher_logprobs/batch")
     async def teacher_logprobs_batch(body: TeacherBatchRequest, request: Request) -> Response:
         await admit(request)
         if len(body.groups) > limit("max_groups_per_batch"):
@@ -238,11 +275,13 @@ def build_app(state: FakeState) -> FastAPI:
         return result
 
     @app.post("/rubrics")
+    @app.post("/v1/rubrics")
     async def rubrics(body: RubricRequest, request: Request) -> Response:
         await admit(request)
         return answer(request, rubric(body))
 
     @app.post("/rubrics/batch")
+    @app.post("/v1/rubrics/batch")
     async def rubrics_batch(body: RubricBatchRequest, request: Request) -> Response:
         await admit(request)
         if len(body.requests) > limit("max_batch"):
@@ -251,6 +290,7 @@ def build_app(state: FakeState) -> FastAPI:
         return answer(request, RubricBatchResponse(results=items))
 
     @app.get("/rubrics/{rubric_id}")
+    @app.get("/v1/rubrics/{rubric_id}")
     async def rubric_by_id(rubric_id: str, request: Request) -> Response:
         if rubric_id not in state.rubrics:
             raise _Refusal(404, f"no rubric {rubric_id!r}", "rubric_id")
@@ -272,7 +312,7 @@ def build_app(state: FakeState) -> FastAPI:
             raise _Refusal(503, "engine is loading", retry_after=1)
         model = ModelInfo(
             name="fake-teacher",
-            revision="r0",
+            revision=state.model_revision,
             tokenizer_hash=state.tokenizer_hash,
             vocab_size=state.vocab_size,
             max_model_len=MAX_MODEL_LEN,
@@ -281,7 +321,7 @@ def build_app(state: FakeState) -> FastAPI:
         body = ServiceInfo(
             service="teacher", backend="hf", model=model, template_version="v1", limits=state.limits
         )
-        return Response(body.model_dump_json(), media_type="application/json")
+        return JSONResponse(with_added(body.model_dump(mode="json")))
 
     return app
 

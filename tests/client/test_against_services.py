@@ -113,7 +113,7 @@ def served_batches(server: ServiceProcess) -> float:
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("rcsd_requests_total{")
-        and 'route="/teacher_logprobs/batch"' in line
+        and 'route="/v1/teacher_logprobs/batch"' in line
         and 'status="200"' in line
     )
 

@@ -10,7 +10,7 @@ from rcsd.client import AsyncTeacherClient, TeacherClient, TeacherRequest
 from rcsd.client._replicas import ReplicaPool
 
 REQUEST = TeacherRequest(question="2+2?", context_mode="none", completions=[[5, 6, 7]])
-SCORE = "/teacher_logprobs"
+SCORE = "/v1/teacher_logprobs"
 
 
 class Clock:

@@ -52,7 +52,7 @@ def test_retry_after_is_honoured(start_replica, slept):
         response = client.score(REQUEST)
     assert response.completions[0].token_ids.tolist() == [5, 6, 7]
     assert slept == [1.0]
-    assert replica.state.hits["/teacher_logprobs"] == 1
+    assert replica.state.hits["/v1/teacher_logprobs"] == 1
 
 
 async def test_429_retry_after_is_honoured_async(start_replica, slept):
@@ -69,7 +69,7 @@ def test_retried_statuses_end_in_success(start_replica, status):
     replica.state.fail_next(status, retry_after=0, times=2)
     with TeacherClient(replica.url) as client:
         client.score(REQUEST)
-    assert replica.state.hits["/teacher_logprobs"] == 1
+    assert replica.state.hits["/v1/teacher_logprobs"] == 1
 
 
 def test_retries_stop_at_the_deadline(start_replica):
@@ -92,7 +92,7 @@ def test_retries_stop_at_max_retries(start_replica):
     with TeacherClient(replica.url, max_retries=2) as client, pytest.raises(InternalServerError) as caught:
         client.score(REQUEST)
     assert caught.value.attempts == 3
-    assert len([p for p, _ in replica.state.seen if p == "/teacher_logprobs"]) == 3
+    assert len([p for p, _ in replica.state.seen if p == "/v1/teacher_logprobs"]) == 3
 
 
 def test_4xx_is_not_retried_and_says_what_the_server_said(start_replica):
@@ -101,7 +101,7 @@ def test_4xx_is_not_retried_and_says_what_the_server_said(start_replica):
     with TeacherClient(replica.url) as client, pytest.raises(BadRequestError) as caught:
         client.score(REQUEST, request_id="req-422")
     error = caught.value
-    assert [p for p, _ in replica.state.seen].count("/teacher_logprobs") == 1
+    assert [p for p, _ in replica.state.seen].count("/v1/teacher_logprobs") == 1
     assert error.status_code == 422 and error.field == "completions" and error.request_id == "req-422"
     assert error.server_message == "scripted 422 for this test"
     assert "scripted 422 for this test" in str(error) and "completions" in str(error)
@@ -139,7 +139,7 @@ def test_request_id_is_kept_across_retries(start_replica):
         client.info()
         client.score(REQUEST, request_id="abc-123")
         client.score(REQUEST)
-    ids = [rid for path, rid in replica.state.seen if path == "/teacher_logprobs"]
+    ids = [rid for path, rid in replica.state.seen if path == "/v1/teacher_logprobs"]
     assert ids[:3] == ["abc-123"] * 3
     assert ids[3] != "abc-123" and len(ids) == 4
 
@@ -163,7 +163,7 @@ async def test_a_slow_post_is_not_sent_again_by_default(start_replica):
         with pytest.raises(APITimeoutError) as caught:
             await client.score(REQUEST)
     assert caught.value.attempts == 1 and "ReadTimeout" in str(caught.value)
-    assert [path for path, _ in replica.state.seen].count("/teacher_logprobs") == 1
+    assert [path for path, _ in replica.state.seen].count("/v1/teacher_logprobs") == 1
 
 
 async def test_opted_in_read_timeout_retries_stop_at_the_deadline(start_replica):

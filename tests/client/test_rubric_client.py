@@ -18,14 +18,14 @@ def test_generate_then_get(start_replica):
             client.get("no-such-rubric")
     assert again == rubric
     assert "no rubric 'no-such-rubric'" in str(caught.value) and caught.value.status_code == 404
-    assert [p for p, _ in replica.state.seen].count("/rubrics/no-such-rubric") == 1  # 404: not retried
+    assert [p for p, _ in replica.state.seen].count("/v1/rubrics/no-such-rubric") == 1  # 404: not retried
 
 
 def test_generate_batch_splits_by_max_batch_in_order(start_replica):
     replica = start_replica(limits={"max_batch": 3})
     with RubricClient(replica.url) as client:
         rubrics = client.generate_batch(QUESTIONS)
-    assert replica.state.hits["/rubrics/batch"] == 3
+    assert replica.state.hits["/v1/rubrics/batch"] == 3
     assert [r.criteria[0].title for r in rubrics] == [f"About {q.question}" for q in QUESTIONS]
 
 
@@ -35,7 +35,7 @@ async def test_generate_batch_async(start_replica):
         rubrics = await client.generate_batch(QUESTIONS)
         assert (await client.get(rubrics[3].rubric_id)) == rubrics[3]
         assert await client.generate_batch([]) == []
-    assert replica.state.hits["/rubrics/batch"] == 4 and replica.state.max_in_flight == 4
+    assert replica.state.hits["/v1/rubrics/batch"] == 4 and replica.state.max_in_flight == 4
     assert [r.criteria[0].title for r in rubrics] == [f"About {q.question}" for q in QUESTIONS]
 
 

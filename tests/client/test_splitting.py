@@ -93,10 +93,12 @@ def test_split_batch_equals_the_unsplit_one(start_replica, binary):
     ):
         got = split.score_batch(groups, request_id="batch")
         expected = whole.score_batch(groups)
-    assert unlimited.state.hits["/teacher_logprobs/batch"] == 1
-    assert limited.state.hits["/teacher_logprobs/batch"] > 5  # every part fit: the server enforces the limits
+    assert unlimited.state.hits["/v1/teacher_logprobs/batch"] == 1
+    assert (
+        limited.state.hits["/v1/teacher_logprobs/batch"] > 5
+    )  # every part fit: the server enforces the limits
     assert 1 < limited.state.max_in_flight <= 3
-    part_ids = [rid for path, rid in limited.state.seen if path == "/teacher_logprobs/batch"]
+    part_ids = [rid for path, rid in limited.state.seen if path == "/v1/teacher_logprobs/batch"]
     assert sorted(part_ids) == sorted(f"batch-{i}" for i in range(len(part_ids)))
     assert_same(got, expected)
 
@@ -122,7 +124,7 @@ def test_a_group_split_across_requests_is_joined_in_order(start_replica):
     group = TeacherRequest(question="q?", context_mode="none", completions=completions, top_k=2)
     with TeacherClient(replica.url) as client:
         response = client.score(group)
-    assert replica.state.hits["/teacher_logprobs/batch"] == 4
+    assert replica.state.hits["/v1/teacher_logprobs/batch"] == 4
     assert [c.token_ids.tolist() for c in response.completions] == completions
 
 
@@ -137,7 +139,7 @@ def test_an_auto_rationale_group_split_in_two_rounds_gets_one_rationale(start_re
     )
     with TeacherClient(replica.url) as client:
         response = client.score(group)
-    rationales = [r for path, r in replica.state.seen if path == "/teacher_logprobs/batch"]
+    rationales = [r for path, r in replica.state.seen if path == "/v1/teacher_logprobs/batch"]
     assert len(rationales) == 2  # one round for the first part, one for the rest
     assert response.rationale and len(response.completions) == 5
     assert response.context_length == len("why?") + len(response.rationale)
@@ -202,4 +204,4 @@ async def test_an_auto_rationale_group_whose_first_part_failed_sends_no_second_r
         with pytest.raises(BatchError) as caught:
             await client.score_batch(groups)
     assert caught.value.errors[0].field == "groups.0.completions.1" and list(caught.value.results) == [1]
-    assert replica.state.hits["/teacher_logprobs/batch"] == 1  # the rest of group 0 was not sent
+    assert replica.state.hits["/v1/teacher_logprobs/batch"] == 1  # the rest of group 0 was not sent

@@ -66,3 +66,19 @@ def test_a_tokenizer_without_merges():
 
     assert len(tokenizer_hash(WordLevel())) == 64
     assert tokenizer_vocab_size(WordLevel()) == 2
+
+
+def test_chat_template_is_part_of_the_identity():
+    plain = make()
+    templated = make()
+    templated.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    changed = make()
+    changed.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    assert tokenizer_hash(templated) != tokenizer_hash(plain)
+    assert tokenizer_hash(changed) != tokenizer_hash(templated)
+    again = make()
+    again.chat_template = templated.chat_template
+    assert tokenizer_hash(again) == tokenizer_hash(templated)
+    named = make()
+    named.chat_template = {"default": templated.chat_template, "tool_use": "{{ messages }}"}
+    assert tokenizer_hash(named) not in {tokenizer_hash(templated), tokenizer_hash(plain)}

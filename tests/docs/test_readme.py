@@ -26,8 +26,8 @@ BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
 URL_PATH = re.compile(r"\$(TEACHER|RUBRIC)_URL(/[\w/$.{}-]*)")
 API_KEY = "readme-example-key"
 ENDPOINTS = {  # every endpoint of both services has an example
-    "TEACHER": {"/health", "/v1/info", "/teacher_logprobs", "/teacher_logprobs/batch"},
-    "RUBRIC": {"/ready", "/metrics", "/rubrics", "/rubrics/batch", "/rubrics/$RUBRIC_ID"},
+    "TEACHER": {"/health", "/version", "/v1/info", "/v1/teacher_logprobs", "/v1/teacher_logprobs/batch"},
+    "RUBRIC": {"/ready", "/metrics", "/v1/rubrics", "/v1/rubrics/batch", "/v1/rubrics/$RUBRIC_ID"},
 }
 
 

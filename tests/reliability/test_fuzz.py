@@ -44,16 +44,18 @@ EXPECTED_OPERATIONS = {
         "GET /health",
         "GET /ready",
         "GET /v1/info",
-        "POST /teacher_logprobs",
-        "POST /teacher_logprobs/batch",
+        "GET /version",
+        "POST /v1/teacher_logprobs",
+        "POST /v1/teacher_logprobs/batch",
     },
     "rubric": {
         "GET /health",
         "GET /ready",
         "GET /v1/info",
-        "POST /rubrics",
-        "POST /rubrics/batch",
-        "GET /rubrics/{rubric_id}",
+        "GET /version",
+        "POST /v1/rubrics",
+        "POST /v1/rubrics/batch",
+        "GET /v1/rubrics/{rubric_id}",
     },
 }
 
@@ -95,7 +97,7 @@ def fuzz_operation(
     modes = [positive]
     if operation.body or operation.path_parameters:
         modes.append(operation.as_strategy(GenerationMode.NEGATIVE))
-    if operation.path.startswith("/teacher_logprobs"):  # else nearly every valid case is a 422
+    if operation.path.startswith("/v1/teacher_logprobs"):  # else nearly every valid case is a 422
         info = session.get(f"{server.url}/v1/info", timeout=TIMEOUT_S).json()
         modes.append(positive.map(lambda case: servable(case, info)))
 
@@ -111,7 +113,7 @@ def fuzz_operation(
         response = case.call(base_url=server.url, session=session, timeout=TIMEOUT_S)
         case.validate_response(response, checks=CHECKS)
         statuses[str(response.status_code)] += 1
-        if response.status_code == 200 and operation.label in ("POST /rubrics", "POST /rubrics/batch"):
+        if response.status_code == 200 and operation.label in ("POST /v1/rubrics", "POST /v1/rubrics/batch"):
             answer = response.json()
             made = [answer] if "criteria" in answer else [r["result"] for r in answer["results"] if r["ok"]]
             for rubric in made:
@@ -139,8 +141,8 @@ def servable(case: schemathesis.Case, info: dict) -> schemathesis.Case:
 def read_back(
     schema: schemathesis.BaseSchema, server: ServiceProcess, session: requests.Session, made: dict
 ) -> None:
-    """The stateful step: a rubric just answered is stored, and GET /rubrics/{id} returns it."""
-    case = schema["/rubrics/{rubric_id}"]["GET"].Case(path_parameters={"rubric_id": made["rubric_id"]})
+    """The stateful step: a rubric just answered is stored, and GET /v1/rubrics/{id} returns it."""
+    case = schema["/v1/rubrics/{rubric_id}"]["GET"].Case(path_parameters={"rubric_id": made["rubric_id"]})
     response = case.call(base_url=server.url, session=session, timeout=TIMEOUT_S)
     case.validate_response(response, checks=CHECKS)
     assert response.status_code == 200, response.text

@@ -23,6 +23,7 @@ from rcsd.client._exceptions import (
     RateLimitError,
     RcsdError,
     ServiceUnavailableError,
+    TeacherChangedError,
 )
 from rcsd.client._version import __version__
 from rcsd.client.protocol import (
@@ -78,6 +79,7 @@ __all__ = [
     "ServiceInfo",
     "ServiceUnavailableError",
     "TeacherBatchRequest",
+    "TeacherChangedError",
     "TeacherBatchResponse",
     "TeacherClient",
     "TeacherRequest",

@@ -14,6 +14,7 @@ RcsdError
 │   └── APIResponseValidationError  an answer that does not parse as the expected schema
 ├── BatchError                    some items of a batch failed; the others' results are kept
 ├── IncompatibleTokenizerError    the service's tokenizer is not the caller's
+├── TeacherChangedError           the teacher's model revision changed during the run
 └── LimitExceededError            a request that cannot fit the service's limits, however split
 """
 
@@ -63,6 +64,8 @@ class APIStatusError(APIError):
         field: str | None,
         request_id: str | None,
         server_message: str,
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message, request=response.request)
         self.response = response
@@ -71,6 +74,8 @@ class APIStatusError(APIError):
         self.field = field
         self.request_id = request_id
         self.server_message = server_message
+        self.param = param  # OpenAI's name for the field at fault (older servers: `field`)
+        self.code = code  # a stable machine-readable reason, when the server gives one
 
 
 class BadRequestError(APIStatusError):
@@ -140,6 +145,10 @@ class IncompatibleTokenizerError(RcsdError):
     """The teacher's tokenizer differs from the caller's, so token ids would mean different things."""
 
 
+class TeacherChangedError(RcsdError):
+    """The teacher's model revision changed during a run (`pin_teacher=False` allows it)."""
+
+
 class LimitExceededError(RcsdError, ValueError):
     """A request that no split can make fit the service's limits (raised before anything is sent)."""
 
@@ -156,13 +165,14 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
 
 def make_status_error(response: httpx.Response) -> APIStatusError:
     """Map a non-2xx answer to its exception, keeping what the server said."""
-    error_type = field = body_request_id = None
+    error_type = field = body_request_id = param = code = None
     try:
         detail = ErrorResponse.model_validate_json(response.content).error
     except ValidationError:
         server_message = response.text[:500].strip() or response.reason_phrase
     else:
         error_type, field, body_request_id = detail.type, detail.field, detail.request_id
+        param, code = detail.param or detail.field, detail.code
         server_message = detail.message
     request_id = body_request_id or response.headers.get(REQUEST_ID_HEADER)
 
@@ -184,4 +194,6 @@ def make_status_error(response: httpx.Response) -> APIStatusError:
         field=field,
         request_id=request_id,
         server_message=server_message,
+        param=param,
+        code=code,
     )

@@ -24,8 +24,8 @@ from rcsd.client.protocol import (
     ServiceInfo,
 )
 
-GENERATE_PATH = "/rubrics"
-BATCH_PATH = "/rubrics/batch"
+GENERATE_PATH = "/v1/rubrics"
+BATCH_PATH = "/v1/rubrics/batch"
 INFO_PATH = "/v1/info"
 
 

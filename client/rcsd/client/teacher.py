@@ -5,16 +5,23 @@
         responses = teacher.score_batch(groups)  # split to fit the service's limits, in order
 
 Both share every decision through `BaseClient` and `ScorePlan`; they differ only in I/O.
+
+A run must not change teachers halfway: the first `check_compatible` (or else the first answer) pins
+the teacher's model revision and tokenizer hash (chat template included), and any later answer with
+another raises `TeacherChangedError` (a rolling update swapped the weights) or
+`IncompatibleTokenizerError`. `pin_teacher=False` opts out of the revision check (e.g. a teacher
+that is meant to be updated during the run); the tokenizer check stays, as token ids depend on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rcsd.client._base import AsyncAPIClient, SyncAPIClient
 from rcsd.client._call import CallOptions, Timeout
-from rcsd.client._exceptions import IncompatibleTokenizerError, raise_for_items
+from rcsd.client._exceptions import IncompatibleTokenizerError, TeacherChangedError, raise_for_items
 from rcsd.client._splitting import ScorePlan, TeacherLimits
 from rcsd.client.protocol import (
     ItemError,
@@ -26,16 +33,29 @@ from rcsd.client.protocol import (
 )
 from rcsd.client.tokenizer_identity import tokenizer_hash, tokenizer_vocab_size
 
-SCORE_PATH = "/teacher_logprobs"
-BATCH_PATH = "/teacher_logprobs/batch"
+SCORE_PATH = "/v1/teacher_logprobs"
+BATCH_PATH = "/v1/teacher_logprobs/batch"
 INFO_PATH = "/v1/info"
+
+
+@dataclass(frozen=True)
+class TeacherPin:
+    """What every answer of this run's teacher must carry (None: not pinned)."""
+
+    tokenizer_hash: str | None
+    model_revision: str | None
 
 
 class TeacherClient(SyncAPIClient):
     """Blocking client of one teacher service (one or several replicas)."""
 
     _info: ServiceInfo | None = None
-    _expected_hash: str | None = None  # set by check_compatible; every response is checked against it
+    _pin: TeacherPin | None = None  # set by check_compatible or the first answer; every answer checked
+
+    def __init__(self, *args: Any, pin_teacher: bool = True, **kwargs: Any) -> None:
+        """As `SyncAPIClient`; `pin_teacher=False`: allow the teacher's model revision to change."""
+        super().__init__(*args, **kwargs)
+        self.pin_teacher = pin_teacher
 
     def info(self, *, timeout: Timeout | None = None, request_id: str | None = None) -> ServiceInfo:
         """`GET /v1/info` (refreshes the cached limits)."""
@@ -47,7 +67,8 @@ class TeacherClient(SyncAPIClient):
     def check_compatible(self, tokenizer: Any, *, vocab_size: int | None = None) -> ServiceInfo:
         """Refuse (IncompatibleTokenizerError) a teacher whose tokenizer is not `tokenizer`.
 
-        Every replica is asked; afterwards every response's tokenizer_hash is checked too. The
+        Every replica is asked; afterwards every response's tokenizer_hash (and model revision,
+        unless `pin_teacher=False`) must be the one seen here. The
         teacher's vocab_size (its output rows, maybe padded) must hold every id of `tokenizer`;
         pass `vocab_size` (e.g. the student's logits width) to require it exactly.
         """
@@ -55,7 +76,8 @@ class TeacherClient(SyncAPIClient):
         for replica in self.replicas:
             info = self._request("GET", INFO_PATH, ServiceInfo, options=self._options(), pinned=replica)
             _check_identity(info, replica.url, *expected)
-        self._info, self._expected_hash = info, expected[0]
+            self._pin = _pinned(self._pin, info, replica.url, self.pin_teacher)
+        self._info = info
         return info
 
     def score(
@@ -67,7 +89,7 @@ class TeacherClient(SyncAPIClient):
         if not plan.unsplit:
             return self._run(plan, options)[0]
         response = self._request("POST", SCORE_PATH, TeacherResponse, options=options, body=request)
-        return _verified([response], self._expected_hash)[0]
+        return self._verified([response])[0]
 
     def score_batch(
         self,
@@ -100,14 +122,25 @@ class TeacherClient(SyncAPIClient):
             parts = [options if unsplit else options.part(sent + i) for i in range(len(batches))]
             plan.record(self._map(send, list(zip(batches, parts, strict=True))))
             sent += len(batches)
-        return _checked_outcomes(plan, self._expected_hash)
+        outcomes = plan.responses()
+        self._verified([o for o in outcomes if not isinstance(o, ItemError)])
+        return raise_for_items(outcomes)
+
+    def _verified(self, responses: list[TeacherResponse]) -> list[TeacherResponse]:
+        self._pin = _verified(responses, self._pin, self.pin_teacher)
+        return responses
 
 
 class AsyncTeacherClient(AsyncAPIClient):
     """Async client of one teacher service (one or several replicas)."""
 
     _info: ServiceInfo | None = None
-    _expected_hash: str | None = None
+    _pin: TeacherPin | None = None
+
+    def __init__(self, *args: Any, pin_teacher: bool = True, **kwargs: Any) -> None:
+        """As `AsyncAPIClient`; `pin_teacher=False`: allow the teacher's model revision to change."""
+        super().__init__(*args, **kwargs)
+        self.pin_teacher = pin_teacher
 
     async def info(self, *, timeout: Timeout | None = None, request_id: str | None = None) -> ServiceInfo:
         """`GET /v1/info` (refreshes the cached limits)."""
@@ -118,7 +151,8 @@ class AsyncTeacherClient(AsyncAPIClient):
     async def check_compatible(self, tokenizer: Any, *, vocab_size: int | None = None) -> ServiceInfo:
         """Refuse (IncompatibleTokenizerError) a teacher whose tokenizer is not `tokenizer`.
 
-        Every replica is asked; afterwards every response's tokenizer_hash is checked too. The
+        Every replica is asked; afterwards every response's tokenizer_hash (and model revision,
+        unless `pin_teacher=False`) must be the one seen here. The
         teacher's vocab_size (its output rows, maybe padded) must hold every id of `tokenizer`;
         pass `vocab_size` (e.g. the student's logits width) to require it exactly.
         """
@@ -126,7 +160,8 @@ class AsyncTeacherClient(AsyncAPIClient):
         for replica in self.replicas:
             info = await self._request("GET", INFO_PATH, ServiceInfo, options=self._options(), pinned=replica)
             _check_identity(info, replica.url, *expected)
-        self._info, self._expected_hash = info, expected[0]
+            self._pin = _pinned(self._pin, info, replica.url, self.pin_teacher)
+        self._info = info
         return info
 
     async def score(
@@ -138,7 +173,7 @@ class AsyncTeacherClient(AsyncAPIClient):
         if not plan.unsplit:
             return (await self._run(plan, options))[0]
         response = await self._request("POST", SCORE_PATH, TeacherResponse, options=options, body=request)
-        return _verified([response], self._expected_hash)[0]
+        return self._verified([response])[0]
 
     async def score_batch(
         self,
@@ -173,7 +208,13 @@ class AsyncTeacherClient(AsyncAPIClient):
             parts = [options if unsplit else options.part(sent + i) for i in range(len(batches))]
             plan.record(await self._map(send, list(zip(batches, parts, strict=True))))
             sent += len(batches)
-        return _checked_outcomes(plan, self._expected_hash)
+        outcomes = plan.responses()
+        self._verified([o for o in outcomes if not isinstance(o, ItemError)])
+        return raise_for_items(outcomes)
+
+    def _verified(self, responses: list[TeacherResponse]) -> list[TeacherResponse]:
+        self._pin = _verified(responses, self._pin, self.pin_teacher)
+        return responses
 
 
 def _expected_identity(tokenizer: Any, vocab_size: int | None) -> tuple[str, int, bool]:
@@ -196,18 +237,36 @@ def _check_identity(info: ServiceInfo, url: str, expected_hash: str, vocab_size:
         )
 
 
-def _checked_outcomes(plan: ScorePlan, expected_hash: str | None) -> list[TeacherResponse]:
-    """Every group's response, or `BatchError` (with the good ones) when some groups failed."""
-    outcomes = plan.responses()
-    _verified([o for o in outcomes if not isinstance(o, ItemError)], expected_hash)
-    return raise_for_items(outcomes)
+def _pinned(pin: TeacherPin | None, info: ServiceInfo, url: str, pin_revision: bool) -> TeacherPin:
+    """The pin after a replica's /v1/info: replicas of one teacher must serve the same revision."""
+    revision = info.model.revision if pin_revision else None
+    if pin is not None and pin.model_revision is not None and revision != pin.model_revision:
+        raise TeacherChangedError(
+            f"the teacher at {url} serves {info.model.name} revision {revision}, another replica "
+            f"revision {pin.model_revision}: replicas of one teacher must serve the same weights"
+        )
+    return TeacherPin(tokenizer_hash=info.model.tokenizer_hash, model_revision=revision)
 
 
-def _verified(responses: list[TeacherResponse], expected_hash: str | None) -> list[TeacherResponse]:
+def _verified(
+    responses: list[TeacherResponse], pin: TeacherPin | None, pin_revision: bool
+) -> TeacherPin | None:
+    """Check every answer against the pin (the first answer pins when nothing has); the pin after."""
     for response in responses:
-        if expected_hash is not None and response.tokenizer_hash != expected_hash:
+        if pin is None:
+            revision = response.model_revision if pin_revision else None
+            pin = TeacherPin(tokenizer_hash=response.tokenizer_hash, model_revision=revision)
+        if pin.tokenizer_hash is not None and response.tokenizer_hash != pin.tokenizer_hash:
             raise IncompatibleTokenizerError(
-                f"a teacher replica answered with tokenizer_hash {response.tokenizer_hash}, "
-                f"not the {expected_hash} checked by check_compatible"
+                f"a teacher replica answered with tokenizer_hash {response.tokenizer_hash}, not the "
+                f"{pin.tokenizer_hash} pinned at the start of the run (its tokenizer or chat template "
+                "changed: token ids and prompts would no longer mean what they did)"
             )
-    return responses
+        if pin_revision and pin.model_revision is not None and response.model_revision != pin.model_revision:
+            raise TeacherChangedError(
+                f"a teacher replica answered with {response.model} revision {response.model_revision}, "
+                f"not the {pin.model_revision} pinned at the start of the run: the teacher changed "
+                "during the run (a rolling update?). Restart the run against one revision, or pass "
+                "pin_teacher=False to allow it"
+            )
+    return pin

@@ -1,12 +1,13 @@
 """The canonical identity of a tokenizer, shared by the teacher service and its clients.
 
 Two tokenizers give the same token ids for the same text when their vocab, their BPE merges
-(order included) and their special tokens agree; `tokenizer_hash` is a sha256 over exactly
-those. The service reports it in `GET /v1/info` and in every `TeacherResponse`; the client
+(order included) and their special tokens agree, and the same prompt ids for the same chat
+messages when their chat templates agree too; `tokenizer_hash` is a sha256 over exactly those. The service reports it in `GET /v1/info` and in every `TeacherResponse`; the client
 computes it on the trainer's tokenizer and refuses a teacher whose hash differs.
 
 Pure Python, duck-typed on a transformers tokenizer: `get_vocab()`, optionally
-`backend_tokenizer.to_str()` (its JSON's `model.merges`) and `all_special_tokens`.
+`backend_tokenizer.to_str()` (its JSON's `model.merges`), `all_special_tokens` and `chat_template`
+(a string, or a dict of named templates; a tokenizer without one hashes as before templates counted).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from typing import Any
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
-    """Hex sha256 over the tokenizer's vocab (token -> id), merges and special tokens."""
+    """Hex sha256 over the tokenizer's vocab (token -> id), merges, special tokens and chat template."""
     vocab = tokenizer.get_vocab()
-    payload = {
+    payload: dict[str, Any] = {
         "vocab": sorted(([str(token), int(token_id)] for token, token_id in vocab.items()), key=_by_id),
         "merges": _merges(tokenizer),
         "special_tokens": sorted({str(token) for token in getattr(tokenizer, "all_special_tokens", [])}),
     }
+    chat_template = getattr(tokenizer, "chat_template", None)
+    if isinstance(chat_template, str | dict) and chat_template:
+        payload["chat_template"] = chat_template  # a dict (named templates) is hashed with sorted keys
     blob = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

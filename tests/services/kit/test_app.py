@@ -59,6 +59,8 @@ def test_a_500_carries_a_request_id_and_is_counted_and_logged(caplog):
         "message": "internal error: RuntimeError",
         "field": None,
         "request_id": "req-500",
+        "param": None,
+        "code": "internal_error",
     }
     assert 'rcsd_requests_total{route="/bug",status="500"} 1.0' in metrics
     logged = [rec for rec in caplog.records if rec.getMessage() == "request"]

@@ -51,15 +51,53 @@ def _bad_cases() -> list[tuple[str, dict, str, str]]:
             "greater than or equal to 0.001",
         ),
         ("tiny temperature", group("none", [[1]], temperature=1e-210), "temperature", "0.001"),
+        (
+            "system message not first",
+            group(
+                "none", [[1]], messages=[{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]
+            ),
+            "messages",
+            "a system message may only come first",
+        ),
+        (
+            "prompt not ending with the user",
+            group(
+                "none",
+                [[1]],
+                messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            ),
+            "messages",
+            "the last message must be the user's",
+        ),
+        (
+            "unknown role",
+            group("none", [[1]], messages=[{"role": "tool", "content": "x"}]),
+            "messages.0.role",
+            "user",
+        ),
+        ("no messages", group("none", [[1]], messages=[]), "messages", "at least 1"),
+        (
+            "template option name",
+            group("none", [[1]], chat_template_kwargs={"enable thinking": False}),
+            "chat_template_kwargs.enable thinking.[key]",
+            "pattern",
+        ),
+        (
+            "template option value",
+            group("none", [[1]], chat_template_kwargs={"enable_thinking": [True]}),
+            "chat_template_kwargs.enable_thinking.bool",
+            "boolean",
+        ),
     ]
 
 
 @pytest.mark.parametrize(("case", "body", "field", "text"), _bad_cases(), ids=[c[0] for c in _bad_cases()])
 def test_bad_group_is_422_naming_the_field(teacher_servers, case, body, field, text):
-    r = httpx.post(f"{teacher_servers['hf'].url}/teacher_logprobs", json=body, timeout=60)
+    r = httpx.post(f"{teacher_servers['hf'].url}/v1/teacher_logprobs", json=body, timeout=60)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
-    assert error["field"] == field, error
+    assert error["field"] == error["param"] == field, error
+    assert error["code"], error
     assert text in error["message"], error
     assert error["request_id"] == r.headers["x-request-id"]
 

@@ -69,6 +69,9 @@ class LossConfig(_Section):
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="topk_jsd: 0 forward KL, 1 reverse KL")
     advantage_clip: float | None = Field(default=None, gt=0.0, description="sampled_rkl")
     grpo_clip_eps: float = Field(default=0.2, gt=0.0)
+    # "grpo": TRL's loss_type grpo (the release's): per-completion mean, std with Bessel + 1e-4;
+    # "token_mean": one mean over all tokens, population std + 1e-6 (rcsd's earlier default)
+    grpo_loss_type: Literal["grpo", "token_mean"] = "grpo"
     chunk_size: int = Field(
         default=256, ge=1, description="positions per output-head chunk: the loss never holds [T, V] at once"
     )

@@ -176,17 +176,26 @@ def grpo_loss(
     mask_B_T: torch.Tensor,
     *,
     clip_eps: float = 0.2,
+    loss_type: str = "token_mean",
 ) -> tuple[torch.Tensor, Metrics]:
-    """GRPO's clipped surrogate, -min(r A, clip(r, 1 - eps, 1 + eps) A), averaged over valid tokens.
+    """GRPO's clipped surrogate, -min(r A, clip(r, 1 - eps, 1 + eps) A). No KL penalty to a reference model.
 
-    Averaging over tokens rather than per sequence first matches the distillation losses (and DAPO),
-    so every method's loss weighs each completion token the same. No KL penalty to a reference model.
+    `loss_type="grpo"` (TRL's, the release's): averaged over each completion's tokens, then over
+    completions. `"token_mean"`: averaged over all valid tokens at once (as the distillation losses and
+    DAPO), so every completion token weighs the same.
     """
     ratio_B_T = (_wide(logprobs_B_T) - _wide(old_logprobs_B_T).detach()).exp()
     advantage_B_1 = _wide(advantages_B).detach().unsqueeze(-1)
     unclipped_B_T = ratio_B_T * advantage_B_1
     clipped_B_T = ratio_B_T.clamp(1 - clip_eps, 1 + clip_eps) * advantage_B_1
-    loss = _masked_mean(-torch.minimum(unclipped_B_T, clipped_B_T), mask_B_T)
+    per_token_B_T = -torch.minimum(unclipped_B_T, clipped_B_T)
+    if loss_type == "grpo":
+        per_seq_B = (per_token_B_T * mask_B_T).sum(-1) / mask_B_T.sum(-1).clamp(min=1)
+        loss = per_seq_B.mean()
+    elif loss_type == "token_mean":
+        loss = _masked_mean(per_token_B_T, mask_B_T)
+    else:
+        raise ValueError(f"loss_type must be grpo or token_mean, not {loss_type}")
     was_clipped_B_T = (clipped_B_T < unclipped_B_T) & mask_B_T
     metrics = {
         "loss": loss.item(),
@@ -197,10 +206,14 @@ def grpo_loss(
     return loss, metrics
 
 
-def group_advantages(rewards_G: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(rewards_G: torch.Tensor, eps: float = 1e-6, *, unbiased: bool = False) -> torch.Tensor:
     """GRPO advantages of one group: rewards centred on the group mean and divided by its std (+ eps).
 
-    The population std (no Bessel correction) keeps a group of one at advantage 0 rather than NaN.
+    `unbiased=False`: the population std (no Bessel correction). `unbiased=True, eps=1e-4`: TRL's (the
+    release's). A group of one gets advantage 0 either way, rather than NaN.
     """
     rewards_G = _wide(rewards_G)
-    return (rewards_G - rewards_G.mean()) / (rewards_G.std(correction=0) + eps)
+    centred_G = rewards_G - rewards_G.mean()
+    if rewards_G.numel() < 2:
+        return torch.zeros_like(centred_G)
+    return centred_G / (rewards_G.std(correction=1 if unbiased else 0) + eps)

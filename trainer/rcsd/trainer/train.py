@@ -367,9 +367,15 @@ def _group_loss(
     if config.method == "grpo":
         texts = student.tokenizer.batch_decode(completions, skip_special_tokens=True)
         rewards_B = torch.tensor([reward(text, group.question) for text in texts])
-        advantages_B = losses.group_advantages(rewards_B).to(logprobs_B_T.device)
+        trl = config.loss.grpo_loss_type == "grpo"
+        advantages_B = losses.group_advantages(rewards_B, 1e-4 if trl else 1e-6, unbiased=trl)
         loss, metrics = losses.grpo_loss(
-            logprobs_B_T, logprobs_B_T.detach(), advantages_B, mask_B_T, clip_eps=config.loss.grpo_clip_eps
+            logprobs_B_T,
+            logprobs_B_T.detach(),
+            advantages_B.to(logprobs_B_T.device),
+            mask_B_T,
+            clip_eps=config.loss.grpo_clip_eps,
+            loss_type=config.loss.grpo_loss_type,
         )
         sums["reward"] += float(rewards_B.sum())
     else:

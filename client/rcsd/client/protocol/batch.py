@@ -13,12 +13,12 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import Field
 
-from rcsd.client.protocol.common import WireModel
+from rcsd.client.protocol.common import ResponseModel
 
 ResultT = TypeVar("ResultT")
 
 
-class ItemError(WireModel):
+class ItemError(ResponseModel):
     """Why one item failed: `status` is what it would have got alone, `field` a path in the batch request."""
 
     type: str
@@ -27,11 +27,11 @@ class ItemError(WireModel):
     field: str | None = None
 
 
-class ItemOk(WireModel, Generic[ResultT]):
+class ItemOk(ResponseModel, Generic[ResultT]):
     ok: Literal[True] = True
     result: ResultT
 
 
-class ItemFailed(WireModel):
+class ItemFailed(ResponseModel):
     ok: Literal[False] = False
     error: ItemError

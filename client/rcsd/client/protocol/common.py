@@ -1,8 +1,13 @@
-"""Schemas both services share: errors, service info, the rubric criterion."""
+"""Schemas both services share: errors, service info, the rubric criterion.
+
+API evolution: requests are strict (`WireModel`: an unknown field is a 422, so a typo fails loudly)
+and responses lenient (`ResponseModel`: unknown fields are ignored), so a server that adds a field
+to an answer never breaks a client deployed before it.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,9 +19,28 @@ MAX_WEIGHT = 10
 
 
 class WireModel(BaseModel):
-    """Base for every wire schema: unknown fields are refused, so typos fail loudly."""
+    """Base of every request schema (and of what travels both ways): unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class ResponseModel(BaseModel):
+    """Base of every response schema: unknown fields are ignored, so servers may add fields."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+
+
+def known_fields_only(model: type[BaseModel], items: Any) -> Any:
+    """`items` (a list of dicts for a strict `model`) without the keys `model` does not know.
+
+    For a strict model (`Criterion`) nested in a response: the response stays lenient about it.
+    """
+    if not isinstance(items, list):
+        return items
+    known = model.model_fields.keys()
+    return [
+        {k: v for k, v in item.items() if k in known} if isinstance(item, dict) else item for item in items
+    ]
 
 
 class Criterion(WireModel):
@@ -27,20 +51,28 @@ class Criterion(WireModel):
     weight: int = Field(ge=MIN_WEIGHT, le=MAX_WEIGHT)
 
 
-class ErrorDetail(WireModel):
+class ErrorDetail(ResponseModel):
+    """OpenAI's error object (`message`, `type`, `param`, `code`) plus `field` and `request_id`.
+
+    `param` is the request field at fault (the same as `field`, under OpenAI's name); `code` a
+    stable machine-readable reason (e.g. `invalid_api_key`, `queue_full`, `context_too_long`).
+    """
+
     type: str
     message: str
     field: str | None = None
     request_id: str | None = None
+    param: str | None = None
+    code: str | None = None
 
 
-class ErrorResponse(WireModel):
+class ErrorResponse(ResponseModel):
     """The one error body every endpoint returns for a non-2xx answer."""
 
     error: ErrorDetail
 
 
-class ModelInfo(WireModel):
+class ModelInfo(ResponseModel):
     name: str
     revision: str
     tokenizer_hash: str
@@ -49,10 +81,11 @@ class ModelInfo(WireModel):
     dtype: str
 
 
-class ServiceInfo(WireModel):
+class ServiceInfo(ResponseModel):
     """`GET /v1/info`: what the service serves and the limits a request must fit."""
 
     service: Literal["teacher", "rubric"]
+    version: str | None = Field(default=None, description="the server's rcsd version (None: before 0.1.0)")
     backend: Literal["hf", "vllm"]
     model: ModelInfo
     template_version: str
@@ -61,6 +94,12 @@ class ServiceInfo(WireModel):
     limits: dict[str, int]
 
 
-class Health(WireModel):
+class VersionInfo(ResponseModel):
+    """`GET /version`: the server's rcsd version (as vLLM's `/version`)."""
+
+    version: str
+
+
+class Health(ResponseModel):
     # unavailable: the engine died; failed: the engine never loaded (the process exits)
     status: Literal["ok", "loading", "unavailable", "failed"]

@@ -14,3 +14,6 @@ MAX_RATIONALE_CHARS = 40_000  # a teacher rationale given by the caller
 MAX_TITLE_CHARS = 200  # of a rubric criterion
 MAX_DESCRIPTION_CHARS = 1_000  # of a rubric criterion (the rubric's own check allows 40 words)
 MAX_CRITERIA = 50  # criteria in one rubric
+MAX_MESSAGES = 64  # chat messages of the student's prompt (system prompt, few-shot turns, the question)
+MAX_PROMPT_CHARS = 60_000  # all their contents together
+MAX_TEMPLATE_KWARGS = 16  # chat_template_kwargs entries

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rcsd.client.protocol.batch import ItemFailed, ItemOk
 from rcsd.client.protocol.common import (
     MAX_DESCRIPTION_WORDS,
     Criterion,
+    ResponseModel,
     WireModel,
+    known_fields_only,
 )
 from rcsd.client.protocol.limits import MAX_CRITERIA, MAX_QUESTION_CHARS, MAX_REFERENCE_CHARS
 
@@ -48,7 +50,7 @@ class RubricRequest(WireModel):
         return self
 
 
-class RubricResponse(WireModel):
+class RubricResponse(ResponseModel):
     rubric_id: str
     criteria: list[Criterion]
     model: str
@@ -56,6 +58,11 @@ class RubricResponse(WireModel):
     template_version: str
     cached: bool
     attempts: int = Field(description="generations tried (0 when served from the store)")
+
+    @field_validator("criteria", mode="before")
+    @classmethod
+    def _ignore_new_criterion_fields(cls, criteria: Any) -> Any:
+        return known_fields_only(Criterion, criteria)
 
 
 class RubricBatchRequest(WireModel):
@@ -65,7 +72,7 @@ class RubricBatchRequest(WireModel):
 RubricBatchItem = Annotated[ItemOk[RubricResponse] | ItemFailed, Field(discriminator="ok")]
 
 
-class RubricBatchResponse(WireModel):
+class RubricBatchResponse(ResponseModel):
     """One item per request, in order: the rubric or why that request failed."""
 
     results: list[RubricBatchItem]

@@ -1,6 +1,9 @@
 """One error format for every endpoint, produced by registered handlers.
 
-Anything a client sent wrong becomes a 4xx naming the field; only our own bugs are 5xx.
+Anything a client sent wrong becomes a 4xx naming the field; only our own bugs are 5xx. The body
+is OpenAI's error object (`message`, `type`, `param`, `code`) with our `field` and `request_id`:
+`param` is `field` under OpenAI's name, `code` a stable reason (the error type unless more is known:
+pydantic's error type for a 422, `invalid_api_key` for a 401).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ log = logging.getLogger("rcsd.errors")
 
 
 class ServiceError(Exception):
-    """An error with an HTTP status, raised by service logic; `field` names what to fix."""
+    """An error with an HTTP status, raised by service logic; `field` names what to fix, `code` why."""
 
     def __init__(
         self,
@@ -31,8 +34,10 @@ class ServiceError(Exception):
         type: str = "invalid_request",
         field: str | None = None,
         retry_after_s: int | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.code = code
         self.status = status
         self.message = message
         self.type = type
@@ -74,11 +79,22 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def error_response(
-    status: int, type_: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    type_: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
-    body = ErrorResponse(
-        error=ErrorDetail(type=type_, message=message, field=field, request_id=current_request_id())
+    detail = ErrorDetail(
+        type=type_,
+        message=message,
+        field=field,
+        request_id=current_request_id(),
+        param=field,
+        code=code or type_,
     )
+    body = ErrorResponse(error=detail)
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
@@ -91,7 +107,7 @@ def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-        return error_response(exc.status, exc.type, exc.message, exc.field, headers)
+        return error_response(exc.status, exc.type, exc.message, exc.field, headers, exc.code)
 
     @app.exception_handler(EngineUnavailable)
     async def _engine_unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
@@ -103,7 +119,8 @@ def register_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0]
         field = _location(tuple(first.get("loc", ())))
         messages = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()[:5]]
-        return error_response(422, "invalid_request", "; ".join(messages), field)
+        code = str(first.get("type") or "invalid_request")
+        return error_response(422, "invalid_request", "; ".join(messages), field, code=code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""The operator's routes of every service: liveness, readiness, what is served, Prometheus metrics."""
+"""The operator's routes of every service: liveness, readiness, what is served, its version, metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from rcsd.client.protocol import Health, ServiceInfo
+from rcsd.client import __version__
+from rcsd.client.protocol import Health, ServiceInfo, VersionInfo
 from rcsd.services.kit.errors import error_responses
 
 if TYPE_CHECKING:
@@ -40,7 +41,12 @@ def operations_router(state: ServiceState[Any]) -> APIRouter:
             "max_body_bytes": settings.max_body_bytes,
             "max_tokens_in_flight": settings.max_tokens_in_flight,
         }
-        return info.model_copy(update={"limits": {**info.limits, **limits}})
+        return info.model_copy(update={"limits": {**info.limits, **limits}, "version": __version__})
+
+    @router.get("/version", response_model=VersionInfo)
+    async def version() -> VersionInfo:
+        """The server's rcsd version, open like /health (as vLLM's `/version`): what a rollout checks."""
+        return VersionInfo(version=__version__)
 
     @router.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -1,4 +1,8 @@
-"""Thin HTTP routes of the teacher service; the logic lives in `service.py`."""
+"""Thin HTTP routes of the teacher service; the logic lives in `service.py`.
+
+The data routes live under `/v1/`; their first paths (`/teacher_logprobs`, ...) still answer, as
+deprecated aliases hidden from the OpenAPI schema, so clients released before `/v1` keep working.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from rcsd.services.teacher.service import TeacherService
 
 router = APIRouter(tags=["teacher"], responses=error_responses())
 BINARY = {"content": {MSGPACK_MEDIA_TYPE: {}}}
+OLD_PATH = {"deprecated": True, "include_in_schema": False}  # the pre-/v1 alias of a route
 
 
 def get_teacher(request: Request) -> TeacherService:
@@ -30,8 +35,9 @@ def get_teacher(request: Request) -> TeacherService:
 Teacher = Annotated[TeacherService, Depends(get_teacher)]
 
 
+@router.post("/teacher_logprobs", response_model=TeacherResponse, **OLD_PATH)
 @router.post(
-    "/teacher_logprobs",
+    "/v1/teacher_logprobs",
     response_model=TeacherResponse,
     responses={200: BINARY},
     summary="Score one prompt group's completions under the teacher's privileged context",
@@ -40,8 +46,9 @@ async def teacher_logprobs(body: TeacherRequest, request: Request, teacher: Teac
     return await negotiated(request, await unless_disconnected(request, teacher.score(body)))
 
 
+@router.post("/teacher_logprobs/batch", response_model=TeacherBatchResponse, **OLD_PATH)
 @router.post(
-    "/teacher_logprobs/batch",
+    "/v1/teacher_logprobs/batch",
     response_model=TeacherBatchResponse,
     responses={200: BINARY},
     summary="Score many prompt groups in one call (results in request order)",
