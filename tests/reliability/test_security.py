@@ -26,7 +26,7 @@ from tests.reliability.conftest import tiny_service
 
 ROOT = Path(__file__).parents[2]
 KEY = "k3y-Zq9-never-logged"
-OPEN = {"/health", "/ready"}
+OPEN = {"/health", "/ready", "/version"}  # /version: as vLLM's, no key (a rollout probes it)
 
 
 def apps(tmp_path: Path, **settings: object) -> list[FastAPI]:

@@ -81,7 +81,46 @@ async def test_a_full_queue_is_429_and_a_cancelled_waiter_leaves_the_line():
     waiting.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
-    assert admission._waiting == []
+    assert admission.waiting() == 0
     release.set()
     await running
     assert started == [10] and admission._running == 0
+
+
+async def _hold_as(admission: Admission, key: str, started: list[str], release: asyncio.Event) -> None:
+    async with admission.slot(1, key=key):
+        started.append(key)
+        await release.wait()
+
+
+async def test_keys_take_turns_so_a_flood_does_not_starve_another_key():
+    admission, started = _admission(max_concurrency=1, max_queue=64), []
+    releases = [asyncio.Event() for _ in range(13)]
+    tasks = [asyncio.create_task(_hold_as(admission, "flood", started, releases[i])) for i in range(10)]
+    await _settle()
+    tasks += [asyncio.create_task(_hold_as(admission, "quiet", started, releases[10 + i])) for i in range(3)]
+    await _settle()
+    order = {"flood": iter(releases[:10]), "quiet": iter(releases[10:])}
+    for _ in range(13):  # finish whatever runs, one at a time
+        next(order[started[-1]]).set()
+        await _settle()
+    await asyncio.gather(*tasks)
+    # quiet's 3 requests arrived behind 9 waiting flood requests, yet each ran after one flood turn
+    assert started[:7] == ["flood", "quiet", "flood", "quiet", "flood", "quiet", "flood"]
+
+
+async def test_a_full_queue_refuses_the_key_over_its_share_not_a_newcomer():
+    admission, started = _admission(max_concurrency=1, max_queue=4), []
+    release = asyncio.Event()
+    tasks = [asyncio.create_task(_hold_as(admission, "flood", started, release)) for _ in range(5)]
+    await _settle()  # one runs, four wait: the queue is full
+    with pytest.raises(ServiceError) as caught:
+        async with admission.slot(1, key="flood"):
+            pass
+    assert caught.value.status == 429 and caught.value.code == "queue_full"
+    tasks.append(asyncio.create_task(_hold_as(admission, "quiet", started, release)))  # not refused
+    await _settle()
+    assert admission.waiting() == 5
+    release.set()
+    await asyncio.gather(*tasks)
+    assert started.count("quiet") == 1 and started.index("quiet") == 1

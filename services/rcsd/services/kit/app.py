@@ -117,7 +117,7 @@ def create_service_app(
     app.state.rcsd = state
     register_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: after auth
-    add_authentication(app, settings)
+    add_authentication(app, settings, metrics)
     add_observation(app, metrics)  # added last, so it runs first: the request id covers auth errors too
     app.include_router(operations_router(state))
     for router in routers:

@@ -56,6 +56,25 @@ class ServiceMetrics:
         self.rubrics = Counter(
             "rcsd_rubrics", "rubrics answered, by source", ["source"], registry=self.registry
         ).labels
+        # per caller: `key_name` is the API key's name (kit/api_keys.py), never the key
+        self.key_requests = Counter(
+            "rcsd_key_requests",
+            "requests answered, by API key name",
+            ["key_name", "status"],
+            registry=self.registry,
+        ).labels
+        self.key_tokens = Counter(
+            "rcsd_key_tokens",
+            "tokens (context + completion, or prompt + max_tokens) admitted, by API key name",
+            ["key_name"],
+            registry=self.registry,
+        ).labels
+        self.key_waiting = Gauge(
+            "rcsd_key_queue_depth",
+            "requests waiting for a slot, by API key name",
+            ["key_name"],
+            registry=self.registry,
+        ).labels
         self.info = Gauge(
             "rcsd_service_info",
             "constant 1; labels say what is served: model, its revision, engine backend, rcsd version",

@@ -1,4 +1,8 @@
-"""The two middlewares every service runs: bearer-key auth, and a request id, metric and log per request."""
+"""The two middlewares every service runs: bearer-key auth, and a request id, metric and log per request.
+
+Auth accepts any of the service's named keys (kit/api_keys.py) and puts the key's name in the
+request's context: admission shares capacity by it, metrics count by it (`key_name`, never the key).
+"""
 
 from __future__ import annotations
 
@@ -10,35 +14,59 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
+from rcsd.services.kit.api_keys import ANONYMOUS
 from rcsd.services.kit.errors import error_response, internal_error_response
 from rcsd.services.kit.metrics import ServiceMetrics
-from rcsd.services.kit.request_context import REQUEST_ID_HEADER, set_request_id
+from rcsd.services.kit.request_context import REQUEST_ID_HEADER, set_key_name, set_request_id
 from rcsd.services.kit.settings import ServiceSettings
 
 log = logging.getLogger("rcsd.app")
-OPEN_PATHS = frozenset({"/health", "/ready"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/version"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 CallNext = Callable[[Request], Awaitable[Response]]
 
 
-def add_authentication(app: FastAPI, settings: ServiceSettings) -> None:
-    """With an API key set, every path but health and ready (and docs/metrics if opened) needs it."""
+def add_authentication(
+    app: FastAPI, settings: ServiceSettings, metrics: ServiceMetrics | None = None
+) -> None:
+    """With API keys set, every path but health, ready and version (and docs/metrics if opened) needs one."""
     open_paths = (
         OPEN_PATHS
         | (DOCS_PATHS if settings.open_docs else set())
         | ({"/metrics"} if settings.open_metrics else set())
     )
 
+    keys = [(key.name, f"Bearer {key.secret}".encode()) for key in settings.named_keys()]
+
     @app.middleware("http")
     async def authenticate(request: Request, call_next: CallNext) -> Response:
-        key = settings.api_key
-        if key is not None and request.url.path not in open_paths:
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {key.get_secret_value()}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error_response(401, "unauthorized", "missing or wrong bearer API key", "authorization")
-        return await call_next(request)
+        if request.url.path in open_paths:
+            set_key_name(None)
+            return await call_next(request)
+        name = ANONYMOUS if not keys else _key_name(request.headers.get("authorization", "").encode(), keys)
+        if name is None:
+            return error_response(
+                401,
+                "unauthorized",
+                "missing or wrong bearer API key",
+                "authorization",
+                code="invalid_api_key",
+            )
+        set_key_name(name)
+        response = await call_next(request)
+        if metrics is not None:
+            metrics.key_requests(key_name=name, status=str(response.status_code)).inc()
+        return response
+
+
+def _key_name(given: bytes, keys: list[tuple[str, bytes]]) -> str | None:
+    """The name of the key `given` is, comparing against every key in constant time (no early exit)."""
+    found = None
+    for name, expected in keys:
+        if hmac.compare_digest(given, expected):
+            found = name
+    return found
 
 
 def add_observation(app: FastAPI, metrics: ServiceMetrics) -> None:

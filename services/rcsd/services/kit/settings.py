@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
@@ -24,6 +25,7 @@ from pydantic_settings import (
 )
 
 from rcsd.services.engines.base import EngineConfig
+from rcsd.services.kit.api_keys import NamedKey, collect_keys
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,9 @@ class ServiceSettings(BaseSettings):
     seed: int = 0
     # operations
     api_key: SecretStr | None = Field(default=None, description="require `Authorization: Bearer <key>`")
+    # Several trainers on one service: a key each, named (kit/api_keys.py); all keys are accepted.
+    api_keys_file: Path | None = Field(default=None, description="a file of `name:key` lines, one key each")
+    api_keys: SecretStr | None = Field(default=None, description="`name:key` pairs, comma-separated")
     # With an API key, only /health and /ready are open unless these open more.
     open_docs: bool = Field(default=False, description="with an API key: /docs and /openapi.json need none")
     open_metrics: bool = Field(default=False, description="with an API key: /metrics needs none")
@@ -108,6 +113,12 @@ class ServiceSettings(BaseSettings):
         default="json",
         description="stderr lines of rcsd, uvicorn and vLLM alike: JSON, or text for a terminal",
     )
+
+    def named_keys(self) -> list[NamedKey]:
+        """Every key this service accepts, with its name (empty: the service is open)."""
+        single = self.api_key.get_secret_value() if self.api_key else None
+        listed = self.api_keys.get_secret_value() if self.api_keys else None
+        return collect_keys(single, self.api_keys_file, listed)
 
     def engine_config(self, adapter: str | None = None, max_top_k: int = 0) -> EngineConfig:
         return EngineConfig(
