@@ -1,7 +1,8 @@
 """Faults during a training run, with nothing lost: the final weights equal an uninterrupted run's.
 
-- the teacher service is SIGKILLed between steps and restarted by a supervisor: the trainer waits,
-  retries (the client's deadline) and finishes;
+- the teacher service is SIGKILLed between steps and kept down until the trainer's client has failed
+  to reach it (seen by a spy on the client's retry policy), then restarted as by a supervisor: the
+  client retries within its deadline and the run finishes;
 - the trainer itself is SIGKILLed after a checkpoint: `rcsd train CONFIG --resume` continues from
   it to the same final weights.
 
@@ -18,19 +19,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from rcsd.client._base import BaseClient
 from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.train import main
 from tests.fixtures.services import QUESTIONS
-from tests.reliability.faults import crash_and_restart
 from tests.trainer.configs import adapter_weights, answer_config
 
 STEPS = 4
@@ -95,9 +97,41 @@ def _wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_teacher_killed_mid_run_is_waited_for(tiny_model_dir, services, questions, uninterrupted, tmp_path):
+@dataclass(frozen=True)
+class FailedAttempt:
+    url: str
+    path: str
+    what: str  # the transport error's class or the HTTP status
+    retried: bool  # the client went on to another attempt (False: it gave up and raised)
+
+
+def _record_failed_attempts(monkeypatch: pytest.MonkeyPatch) -> list[FailedAttempt]:
+    """Every failed attempt of every rcsd client in this process, as the client's retry policy saw it."""
+    seen: list[FailedAttempt] = []
+    books = BaseClient._after_failure
+
+    def spy(self: BaseClient, call, replica, *, response=None, error=None) -> float:
+        what = type(error).__name__ if error is not None else str(response.status_code)
+        try:
+            delay = books(self, call, replica, response=response, error=error)
+        except BaseException:
+            seen.append(FailedAttempt(replica.url, call.path, what, retried=False))
+            raise
+        seen.append(FailedAttempt(replica.url, call.path, what, retried=True))
+        return delay
+
+    monkeypatch.setattr(BaseClient, "_after_failure", spy)
+    return seen
+
+
+def test_teacher_killed_mid_run_is_waited_for(
+    tiny_model_dir, services, questions, uninterrupted, tmp_path, monkeypatch
+):
+    """The teacher stays down until the trainer's client has failed to reach it at least once, so
+    the run provably met the outage; then it is back, the call is retried, and the run matches."""
     run_dir = tmp_path / "run"
     config = _fault_config(tiny_model_dir, services, questions, run_dir)
+    failed = _record_failed_attempts(monkeypatch)
     failure: list[BaseException] = []
 
     def train() -> None:
@@ -109,10 +143,18 @@ def test_teacher_killed_mid_run_is_waited_for(tiny_model_dir, services, question
     trainer = threading.Thread(target=train)
     trainer.start()
     metrics = run_dir / "metrics.jsonl"
+    teacher = services["teacher"]
     _wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, 300, "step 1")
-    crash_and_restart(services["teacher"])  # down while step 2 asks it, back as a supervisor would
+    teacher.kill()  # SIGKILL between steps
+    _wait_for(
+        lambda: any(f.url == teacher.url for f in failed) or not trainer.is_alive(), 300, "a failed call"
+    )
+    teacher.start()  # back on the same port, as a supervisor would restart it
     trainer.join(timeout=600)
     assert not trainer.is_alive() and not failure, failure
+
+    met = [f for f in failed if f.url == teacher.url]
+    assert met and all(f.retried for f in met), failed  # failed, and every failure was tried again
     _assert_same_run(run_dir, uninterrupted)
 
 
