@@ -5,7 +5,8 @@ and the result is a rubric generator the rubric service serves with `--adapter`.
   that context and LoRA starting as the identity, the first step's KL and loss are 0;
 - a 2-step run on the reference rubrics' train split logs, checkpoints a peft adapter and reports the
   held-out reference rubrics' log-prob before and after;
-- `rcsd serve rubric --adapter` on that adapter answers valid rubrics, under another model revision.
+- `rcsd serve rubric --adapter` on that adapter answers valid rubrics, under another model revision,
+  and other rubrics than the base model's for the same requests: the adapter's weights are used.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from safetensors.torch import load_file
 
 from rcsd.client import RubricClient, TeacherClient
 from rcsd.client.protocol import RubricBounds, RubricRequest, TeacherRequest, rubric_problems
@@ -124,20 +126,30 @@ def test_stage1_adapter_is_served_as_a_rubric_generator(tiny_model_dir, trainer_
         str(adapter),
     ]
     args += ["--store-url", f"sqlite:///{tmp_path / 'rubrics.db'}"]
+    lora_B = [t for name, t in load_file(adapter / "adapter_model.safetensors").items() if "lora_B" in name]
+    assert lora_B and max(t.abs().max().item() for t in lora_B) > 1e-5  # LoRA B starts at 0: it moved
     server = ServiceProcess("rubric", args, tmp_path).start()
     try:
         base = httpx.get(f"{trainer_services['rubric'].url}/v1/info").json()["model"]["revision"]
-        with RubricClient(server.url, timeout=300) as client:
-            for item in reference_rubrics("heldout")[:2]:
-                rubric = client.generate(
-                    RubricRequest(
-                        question=item.question.prompt_text,
-                        reference_answer=item.question.reference_answer,
-                        bounds=RubricBounds(**BOUNDS),
-                        max_tokens=1300,
-                    )
-                )
-                assert rubric_problems(rubric.criteria, RubricBounds(**BOUNDS)) == []
-                assert rubric.model_revision != base  # the adapter's weights, not the base's
+        requests = [
+            RubricRequest(
+                question=item.question.prompt_text,
+                reference_answer=item.question.reference_answer,
+                bounds=RubricBounds(**BOUNDS),
+                max_tokens=1300,
+            )
+            for item in reference_rubrics("heldout")[:2]
+        ]
+        with (
+            RubricClient(server.url, timeout=300) as tuned,
+            RubricClient(trainer_services["rubric"].url, timeout=300) as untuned,
+        ):
+            served = [tuned.generate(request) for request in requests]
+            plain = [untuned.generate(request) for request in requests]
+        for rubric in served:
+            assert rubric_problems(rubric.criteria, RubricBounds(**BOUNDS)) == []
+            assert rubric.model_revision != base  # named after the adapter's weights ...
+        # ... and decoded with them: the same requests (same seeds) give other rubrics than the base's
+        assert [r.criteria for r in served] != [r.criteria for r in plain]
     finally:
         server.stop()
