@@ -28,10 +28,11 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -245,8 +246,6 @@ def _sample_groups(
 ) -> tuple[list[Group], list[Future[Scored]]]:
     """Each question's group of answers; with `overlap`, each is sent for scoring as soon as it exists."""
     config, student = run.config, run.student
-    groups: list[Group] = []
-    scoring: list[Future[Scored]] = []
     student.model.eval()
     analyses: list[Rollout | None] = [None] * len(mine)
     if config.teacher.reason_first and mine:
@@ -256,23 +255,45 @@ def _sample_groups(
             path = analyses_file(run.run_dir, run.dist.rank)
             record_analyses(path, step + 1, mine, sampled, student.tokenizer)
         analyses = list(sampled)
-    for (pos, question), rubric, analysis in zip(mine, rubrics, analyses, strict=True):
-        params = SamplingParams(
-            max_new_tokens=config.sampling.max_new_tokens,
-            temperature=config.sampling.temperature,
-            top_p=config.sampling.top_p,
-            top_k=config.sampling.top_k,
-            seed=_group_seed(config.seed, pos),
+    requests = [
+        (
+            run.task.prompt_ids(student.tokenizer, question),
+            SamplingParams(
+                max_new_tokens=config.sampling.max_new_tokens,
+                temperature=config.sampling.temperature,
+                top_p=config.sampling.top_p,
+                top_k=config.sampling.top_k,
+                seed=_group_seed(config.seed, pos),
+            ),
         )
-        prompt = run.task.prompt_ids(student.tokenizer, question)
-        [rollouts] = run.engine.sample([prompt], params, n=config.rollouts_per_prompt)
-        groups.append(Group(pos, question, rollouts, rubric, analysis))
-        if config.overlap and run.has_teacher:
-            scoring.append(_score(run, groups[-1]))
+        for pos, question in mine
+    ]
+    done: dict[int, Group] = {}
+    futures: dict[int, Future[Scored]] = {}
+    for i, rollouts in _stream(run.engine, requests, config.rollouts_per_prompt):
+        (pos, question), rubric, analysis = mine[i], rubrics[i], analyses[i]
+        done[i] = Group(pos, question, rollouts, rubric, analysis)
+        if config.overlap and run.has_teacher:  # each group is scored as soon as it finishes
+            futures[i] = _score(run, done[i])
+    groups = [done[i] for i in range(len(mine))]
+    scoring = [futures[i] for i in range(len(mine))] if futures else []
     if not config.overlap and run.has_teacher:  # the baseline: score after sampling
         scoring = [_score(run, g) for g in groups]
     student.model.train()
     return groups, scoring
+
+
+def _stream(
+    engine: Any, requests: list[tuple[list[int], SamplingParams]], n: int
+) -> Iterator[tuple[int, list[Rollout]]]:
+    """`(index, rollouts)` per request as each finishes: all at once where the engine streams
+    (`sample_stream`, vLLM), else one request at a time. Each request keeps its own seed."""
+    if hasattr(engine, "sample_stream"):
+        yield from engine.sample_stream(requests, n)
+        return
+    for i, (prompt, params) in enumerate(requests):
+        [rollouts] = engine.sample([prompt], params, n=n)
+        yield i, rollouts
 
 
 def _score(run: Run, group: Group) -> Future[Scored]:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,19 @@ class VllmRollout:
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
             return list(pool.map(one, range(len(prompts))))
+
+    def sample_stream(
+        self, requests: list[tuple[list[int], SamplingParams]], n: int = 1
+    ) -> Iterator[tuple[int, list[Rollout]]]:
+        """Every request in flight at once; yields `(index, rollouts)` as each finishes. Each request
+        keeps its own seed, so the tokens equal `sample([prompt], params, n)` called one at a time."""
+        workers = max(1, min(self.max_concurrency, len(requests)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {
+                pool.submit(self._complete, p, sp, n, sp.seed): i for i, (p, sp) in enumerate(requests)
+            }
+            for future in as_completed(futures):
+                yield futures[future], future.result()
 
     def _complete(self, prompt: list[int], params: SamplingParams, n: int, seed: int) -> list[Rollout]:
         body = {
