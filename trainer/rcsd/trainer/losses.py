@@ -217,3 +217,23 @@ def group_advantages(rewards_G: torch.Tensor, eps: float = 1e-6, *, unbiased: bo
     if rewards_G.numel() < 2:
         return torch.zeros_like(centred_G)
     return centred_G / (rewards_G.std(correction=1 if unbiased else 0) + eps)
+
+
+def truncated_importance_weights(
+    trainer_logprobs_B_T: torch.Tensor, sampler_logprobs_B_T: torch.Tensor, mask_B_T: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance weights for sampler mismatch (TRL / verl's TIS): per sampled token,
+    `min(exp(trainer_lp - sampler_lp), cap)`, detached, 0 off the mask. The metrics report the gap:
+    the mean of `trainer_lp - sampler_lp` over real tokens, its mean absolute value, and the share
+    of tokens whose weight hit the cap."""
+    if cap <= 0:
+        raise ValueError(f"cap must be > 0, not {cap}")
+    gap_B_T = (trainer_logprobs_B_T.detach() - sampler_logprobs_B_T.detach()).to(torch.float64)
+    weights_B_T = torch.exp(gap_B_T).clamp(max=cap) * mask_B_T
+    real = mask_B_T.sum().clamp(min=1).to(torch.float64)
+    metrics = {
+        "sampler_gap": float((gap_B_T * mask_B_T).sum() / real),
+        "sampler_gap_abs": float((gap_B_T.abs() * mask_B_T).sum() / real),
+        "is_capped_frac": float(((torch.exp(gap_B_T) > cap) & mask_B_T).sum() / real),
+    }
+    return weights_B_T.to(trainer_logprobs_B_T.dtype), metrics
