@@ -58,3 +58,33 @@ def test_loss_clip_applies_to_topk_jsd() -> None:
             terms = _jsd_terms(p, q, 0.5)
             expected += sum(min(x, clip) if clip is not None else x for x in terms)
         assert math.isclose(loss.item(), expected / 3, rel_tol=1e-5), clip
+
+
+def test_grpo_matches_trl_loss_type_grpo() -> None:
+    """TRL's loss_type grpo: advantages (r - mean) / (std_unbiased + 1e-4); per-completion mean, then mean."""
+    from rcsd.trainer import losses
+
+    rewards = [1.0, 0.0, 0.0, 1.0, 1.0]
+    mean = sum(rewards) / 5
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / 4)
+    expected_adv = [(r - mean) / (std + 1e-4) for r in rewards]
+    adv = losses.group_advantages(torch.tensor(rewards), 1e-4, unbiased=True)
+    assert torch.allclose(adv, torch.tensor(expected_adv, dtype=adv.dtype))
+    torch.manual_seed(0)
+    logprobs = torch.randn(5, 6, dtype=torch.float64)
+    old = logprobs + 0.3 * torch.randn(5, 6, dtype=torch.float64)
+    lengths = [6, 2, 4, 1, 3]
+    mask = torch.tensor([[t < n for t in range(6)] for n in lengths])
+    loss, _ = losses.grpo_loss(logprobs, old, adv, mask, clip_eps=0.2, loss_type="grpo")
+    per_seq = []
+    for b, n in enumerate(lengths):
+        terms = []
+        for t in range(n):
+            r = math.exp(logprobs[b, t].item() - old[b, t].item())
+            a = expected_adv[b]
+            terms.append(-min(r * a, min(max(r, 0.8), 1.2) * a))
+        per_seq.append(sum(terms) / n)
+    assert math.isclose(loss.item(), sum(per_seq) / 5, rel_tol=1e-5)  # float32 advantages
+    token_loss, _ = losses.grpo_loss(logprobs, old, adv, mask, loss_type="token_mean")
+    assert not math.isclose(token_loss.item(), loss.item())
+    assert losses.group_advantages(torch.tensor([1.0]), unbiased=True).item() == 0.0
