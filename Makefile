@@ -40,3 +40,9 @@ bench-rubric: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+
+# `docker compose --profile cpu up` for real (deploy/compose_check.sh): as root, on a machine with no
+# Docker engine running; it starts its own, builds the CPU image and runs the stack. Cache: RCSD_DOCKER_CACHE.
+.PHONY: compose-check
+compose-check:
+	bash deploy/compose_check.sh

