@@ -114,7 +114,7 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, questions_file, tmp_path)
     untrained = tmp_path / "untrained.json"
     eval_main(["--model", str(tiny_model_dir), "--data", str(questions_file), "--limit", "2",
                "--max-new-tokens", "4", "--batch-size", "4", "--n", "4", "--dtype", "float32",
-               "--device", "cpu", "--out", str(untrained), "--no-progress"])  # fmt: skip
+               "--device", "cpu", "--backend", "hf", "--out", str(untrained), "--no-progress"])  # fmt: skip
     base = json.loads((out / "arms" / "base" / "eval.json").read_text())
     assert base["adapter"] is None
     assert [r["per_question"] for r in base["results"]] == [
@@ -125,6 +125,8 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, questions_file, tmp_path)
     assert "Smoke test" in report and "![per-step curves" in report
     assert "| method | questions (greedy) | steps | answers sampled | tokens sampled |" in report
     assert all(f"| {arm} |" in report for arm in ARMS) and "held for every arm" in report
+    assert "avg@n ± standard error [bootstrap 95 % interval]" in report and "95 % interval vs base" in report
+    assert "| reference |" in report and report.count("overlaps on every set") + report.count("separate:") == len(ARMS) - 1
     assert report.count("```yaml") == 1 + len(ARMS)  # the comparison, then every arm
     assert (out / "curves.png").stat().st_size > 0
 

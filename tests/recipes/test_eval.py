@@ -29,7 +29,7 @@ def test_rcsd_eval_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pyte
     out = tmp_path / "report.json"
     argv = ["--model", str(tiny_model_dir), "--data", str(data), "mmlu_physics_heldout", "--limit", "3",
             "--temperature", "0", "1.0", "--n", "2", "--max-new-tokens", "6", "--dtype", "float32",
-            "--out", str(out), "--no-progress"]  # fmt: skip
+            "--backend", "hf", "--out", str(out), "--no-progress"]  # fmt: skip
     assert rcsd_main(["eval", *argv]) == 0  # through the `rcsd` command's dispatch
     report = json.loads(out.read_text())
     rows = [(r["data"], r["temperature"], r["n"], r["questions"]) for r in report["results"]]
@@ -45,9 +45,11 @@ def test_rcsd_eval_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pyte
         assert result["mean_completion_tokens"] == 6
         rights = [q["right"] / result["n"] for q in result["per_question"]]
         assert result["accuracy"] == pytest.approx(sum(rights) / 3)
+        assert result["ci_low"] <= result["accuracy"] <= result["ci_high"] and result["accuracy_se"] >= 0
     assert report["settings"]["max_new_tokens"] == 6 and report["dtype"].startswith("float32")
     table = capsys.readouterr().out
     assert "tiny_set" in table and "mmlu_physics_heldout" in table and str(out) in table
+    assert "avg@n ± SE [95% CI]" in table and " ± " in table
     assert main(argv) == 0  # seeded: the same answers again
     again = json.loads(out.read_text())
     assert [r["per_question"] for r in again["results"]] == [r["per_question"] for r in report["results"]]

@@ -1,8 +1,16 @@
-"""`rcsd eval`: a model's accuracy on question sets, greedy and sampled (pass@1 averaged over n samples).
+"""`rcsd eval`: a model's accuracy on question sets, greedy and sampled (avg@n: the mean over n samples),
+with its standard error and a bootstrap 95 % interval over questions (`rcsd.recipes.stats`).
 
     rcsd eval --model default --data scibench_heldout mmlu_physics_heldout --temperature 0 1.0 --n 4
-    rcsd eval --model Qwen/Qwen3-1.7B --adapter runs/rcsd/checkpoints/step-000100/adapter \\
-        --data ../shared/data/science/gpqa_diamond.jsonl --max-new-tokens 4096
+    rcsd eval --model Qwen/Qwen3-8B --adapter runs/rcsd/checkpoints/step-000100/adapter \\
+        --data ../shared/data/science/gpqa_diamond.jsonl --temperature 1.0 --top-p 0.95 --n 8 \\
+        --max-new-tokens 38912
+    rcsd eval --model default --data rar_science_test.jsonl --judge-url http://127.0.0.1:8003 \\
+        --judge-model Qwen/Qwen3-8B     # free-form questions, graded against their rubrics
+
+Free-form questions (answer_type free_form, with a rubric) are scored by a rubric judge
+(`rcsd.trainer.judge`): the score is the rubric's weighted share met, and every criterion's verdict is
+kept in the report, beside the answer it grades.
 
 The student answers with its own prompt (`rcsd.trainer.prompts`), sampled by the hf rollout engine
 (or, with --vllm-url, by a vLLM server: `rcsd.trainer.rollout.vllm`);
@@ -14,19 +22,27 @@ completion length; it prints a table and writes a JSON report with every questio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from rcsd.recipes.eval_server import vllm_installed, vllm_server
+from rcsd.recipes.stats import BOOTSTRAP_RESAMPLES, estimate
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.answers import read_answer
+from rcsd.trainer.config import JudgeConfig
 from rcsd.trainer.data.questions import Question, load_questions, resolve_data_path
+from rcsd.trainer.judge import RubricJudge
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
+
+Backend = Literal["auto", "hf", "vllm"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,8 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 16  # rows (questions x samples) per generate call
     template_version: str = "v1"
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES  # the interval's resamples (seeded with `seed`)
+    judge: JudgeConfig | None = None  # grades free-form questions; None: they are refused
 
 
 @dataclass
@@ -46,7 +64,11 @@ class SetResult:
     temperature: float
     n: int
     questions: int
-    accuracy: float  # greedy: the share right; sampled: pass@1, the mean share of right samples per question
+    # avg@n: the mean over questions of each question's mean sample score (1/0 checked, rubric score judged)
+    accuracy: float
+    accuracy_se: float  # its standard error over questions
+    ci_low: float  # the percentile-bootstrap 95 % interval over questions
+    ci_high: float
     no_answer: float
     truncated: float
     mean_completion_tokens: float
@@ -62,17 +84,17 @@ def evaluate_set(
     temperature: float,
     settings: EvalSettings,
     progress: bool = True,
+    judge: RubricJudge | None = None,
 ) -> SetResult:
-    """Sample every question (n times, or once greedily) and score the final answers."""
-    from tqdm import tqdm
+    """Sample every question (n times, or once greedily) and score the final answers.
 
+    A vLLM engine gets every question at once (the server batches them); hf gets `batch_size` answers
+    per generate call."""
     n = 1 if temperature == 0 else settings.n
-    per_chunk = max(1, settings.batch_size // n)
+    per_chunk = (len(questions) or 1) if _is_server(engine) else max(1, settings.batch_size // n)
     started = time.perf_counter()
     rollouts: list[list[Rollout]] = []
-    with tqdm(
-        total=len(questions) * n, desc=f"{name} T={temperature:g}", unit="answer", disable=not progress
-    ) as bar:
+    with progress_bar(len(questions) * n, f"{name} T={temperature:g}", progress) as bar:
         for first in range(0, len(questions), per_chunk):
             chunk = questions[first : first + per_chunk]
             prompts = [student_prompt_ids(tokenizer, q.prompt_text, settings.template_version) for q in chunk]
@@ -85,14 +107,19 @@ def evaluate_set(
             )
             rollouts += engine.sample(prompts, params, n=n)
             bar.update(len(chunk) * n)
-    per_question = [_score(tokenizer, q, group) for q, group in zip(questions, rollouts, strict=True)]
+    per_question = [_score(tokenizer, q, group, judge) for q, group in zip(questions, rollouts, strict=True)]
     samples = [s for q in per_question for s in q["samples"]]
+    scores = [q["score"] for q in per_question]
+    spread = estimate(scores, resamples=settings.bootstrap_resamples, seed=settings.seed)
     return SetResult(
         data=name,
         temperature=temperature,
         n=n,
         questions=len(questions),
-        accuracy=_mean([q["right"] / n for q in per_question]),
+        accuracy=spread.mean if scores else 0.0,
+        accuracy_se=spread.se,
+        ci_low=spread.low,
+        ci_high=spread.high,
         no_answer=_mean([s["answer"] is None for s in samples]),
         truncated=_mean([s["truncated"] for s in samples]),
         mean_completion_tokens=_mean([s["tokens"] for s in samples]),
@@ -101,30 +128,78 @@ def evaluate_set(
     )
 
 
-def _score(tokenizer: Any, question: Question, group: list[Rollout]) -> dict[str, Any]:
+def _score(
+    tokenizer: Any, question: Question, group: list[Rollout], judge: RubricJudge | None
+) -> dict[str, Any]:
     samples = []
     for rollout in group:
         text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
         reading = read_answer(text, question)
-        samples.append(
-            {
-                "answer": reading.answer,
-                "right": bool(reading.correct),
-                "truncated": rollout.truncated or reading.truncated,  # out of tokens, or thinking unclosed
-                "tokens": len(rollout.completion_ids),
-                "text": text,
-            }
-        )
+        sample = {
+            "answer": reading.answer,
+            "right": bool(reading.correct),
+            "score": float(bool(reading.correct)),
+            "truncated": rollout.truncated or reading.truncated,  # out of tokens, or thinking unclosed
+            "tokens": len(rollout.completion_ids),
+            "text": text,
+        }
+        if question.answer_type == "free_form":
+            assert judge is not None
+            graded = judge.score(question, text)
+            sample.update(
+                score=graded.score, right=graded.score == 1.0, verdicts=graded.to_dict()["verdicts"]
+            )
+        samples.append(sample)
     return {
         "id": question.id,
         "expected": question.answer,
         "right": sum(s["right"] for s in samples),
+        "score": _mean([s["score"] for s in samples]),
         "samples": samples,
     }
 
 
 def _mean(values: list[float] | list[bool] | list[int]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def _is_server(engine: RolloutEngine) -> bool:
+    from rcsd.trainer.rollout.vllm import VllmRollout
+
+    return isinstance(engine, VllmRollout)
+
+
+class _LineProgress:
+    """A progress bar for logs (not a terminal): one line per tenth done, with the elapsed time."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done, self.shown = total, desc, 0, -1
+        self.started = time.perf_counter()
+
+    def update(self, count: int) -> None:
+        self.done += count
+        tenth = 10 * self.done // max(1, self.total)
+        if tenth > self.shown:
+            self.shown = tenth
+            elapsed = time.perf_counter() - self.started
+            print(
+                f"{self.desc}: {self.done}/{self.total} answers, {elapsed:.0f} s", file=sys.stderr, flush=True
+            )
+
+    def __enter__(self) -> _LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """tqdm on a terminal, one line per tenth in a log, nothing when disabled."""
+    from tqdm import tqdm
+
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(total, desc)
+    return tqdm(total=total, desc=desc, unit="answer", disable=not enabled)
 
 
 def load_model(model: str, adapter: str | None, dtype: str, device: str) -> tuple[Any, Any, str]:
@@ -147,12 +222,17 @@ def load_model(model: str, adapter: str | None, dtype: str, device: str) -> tupl
     return loaded.to(device).eval(), tokenizer, choice.reason
 
 
+def format_accuracy(result: SetResult) -> str:
+    """avg@n ± standard error [bootstrap 95 % interval], as fractions."""
+    return f"{result.accuracy:.3f} ± {result.accuracy_se:.3f} [{result.ci_low:.3f}, {result.ci_high:.3f}]"
+
+
 def print_table(results: list[SetResult]) -> None:
-    header = f"{'data':<28}{'T':>5}{'n':>4}{'questions':>11}{'accuracy':>10}{'no answer':>11}{'truncated':>11}{'tokens':>8}"
-    print(header)
+    head = f"{'data':<28}{'T':>5}{'n':>4}{'questions':>11}  {'avg@n ± SE [95% CI]':<32}"
+    print(head + f"{'no answer':>11}{'truncated':>11}{'tokens':>8}")
     for r in results:
         print(
-            f"{r.data:<28}{r.temperature:>5g}{r.n:>4}{r.questions:>11}{r.accuracy:>10.3f}"
+            f"{r.data:<28}{r.temperature:>5g}{r.n:>4}{r.questions:>11}  {format_accuracy(r):<32}"
             f"{r.no_answer:>11.3f}{r.truncated:>11.3f}{r.mean_completion_tokens:>8.0f}"
         )
 
@@ -178,6 +258,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--template-version", default="v1")
+    parser.add_argument("--bootstrap-resamples", type=int, default=BOOTSTRAP_RESAMPLES)
+    parser.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
+                        help="auto: a vLLM server started here where vLLM is installed, else hf")  # fmt: skip
+    parser.add_argument(
+        "--judge-url", default=None, help="an OpenAI-compatible server grading free-form sets"
+    )
+    parser.add_argument("--judge-model", default=None, help="the model name that server serves")
+    parser.add_argument("--judge-api-key-env", default=None, help="the env var holding its API key")
+    parser.add_argument("--judge-cache-dir", default="runs/judge-cache")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default runs/eval-<time>.json)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -225,7 +314,13 @@ class EvalReport:
     results: list[SetResult]
 
     def to_json(self, **extra: Any) -> str:
-        return json.dumps({**extra, **asdict(self)}, indent=1) + "\n"
+        return json.dumps({**extra, **asdict(self)}, indent=1, default=_plain) + "\n"
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, JudgeConfig):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def evaluate_checkpoint(
@@ -239,32 +334,81 @@ def evaluate_checkpoint(
     dtype: str = "auto",
     device: str | None = None,
     vllm_url: str | None = None,
+    backend: Backend = "hf",
     progress: bool = True,
 ) -> EvalReport:
-    """Every set of `data` at every temperature, answered by `model` (+ `adapter`) with the student prompt."""
+    """Every set of `data` at every temperature, answered by `model` (+ `adapter`) with the student prompt.
+
+    `backend` auto: a vLLM server started for this evaluation where vLLM is installed, else hf (a given
+    `vllm_url` wins over both). Free-form sets need `settings.judge`."""
     import torch
+
+    from rcsd.trainer.student import resolve_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     sets = {_set_name(spec): load_questions([spec])[:limit] for spec in data}
-    engine, tokenizer, dtype_reason = open_engine(
-        model, adapter, dtype, device, settings.batch_size, vllm_url
-    )
-    try:
-        results = [
-            evaluate_set(engine, tokenizer, name, questions, temperature, settings, progress)
-            for name, questions in sets.items()
-            for temperature in temperatures
-        ]
-    finally:
-        engine.close()
-        del engine
-        free_memory()
+    free_form = [n for n, qs in sets.items() if any(q.answer_type == "free_form" for q in qs)]
+    if free_form and settings.judge is None:
+        raise ValueError(f"{free_form}: free-form questions need a judge (--judge-url, --judge-model)")
+    with contextlib.ExitStack() as stack:
+        if vllm_url is None and (backend == "vllm" or (backend == "auto" and vllm_installed())):
+            from rcsd.loading.dtype import choose_dtype
+
+            vllm_url = stack.enter_context(
+                vllm_server(
+                    resolve_model(model),
+                    adapter,
+                    device=device,
+                    dtype=choose_dtype(dtype, device).dtype,
+                    max_model_len=settings.max_new_tokens + _longest_prompt(model, sets, settings),
+                )
+            )
+        judge = RubricJudge(settings.judge) if free_form and settings.judge else None
+        if judge is not None:
+            stack.callback(judge.close)
+        engine, tokenizer, dtype_reason = open_engine(
+            model, adapter, dtype, device, settings.batch_size, vllm_url
+        )
+        try:
+            results = [
+                evaluate_set(engine, tokenizer, name, questions, temperature, settings, progress, judge)
+                for name, questions in sets.items()
+                for temperature in temperatures
+            ]
+        finally:
+            engine.close()
+            del engine
+            free_memory()
     paths = {_set_name(spec): str(resolve_data_path(spec)) for spec in data}
     return EvalReport(model, adapter, device, dtype_reason, settings, paths, results)
 
 
+def _longest_prompt(model: str, sets: dict[str, list[Question]], settings: EvalSettings) -> int:
+    from transformers import AutoTokenizer
+
+    from rcsd.trainer.student import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    lengths = [
+        len(student_prompt_ids(tokenizer, q.prompt_text, settings.template_version))
+        for qs in sets.values()
+        for q in qs
+    ]
+    return max(lengths, default=0) + 16
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    judge = None
+    if args.judge_url or args.judge_model:
+        if not (args.judge_url and args.judge_model):
+            raise SystemExit("rcsd eval: --judge-url and --judge-model go together")
+        judge = JudgeConfig(
+            url=args.judge_url,
+            model=args.judge_model,
+            api_key_env=args.judge_api_key_env,
+            cache_dir=args.judge_cache_dir,
+        )
     settings = EvalSettings(
         max_new_tokens=args.max_new_tokens,
         n=args.n,
@@ -273,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         template_version=args.template_version,
+        bootstrap_resamples=args.bootstrap_resamples,
+        judge=judge,
     )
     report = evaluate_checkpoint(
         args.model,
@@ -284,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         device=args.device,
         vllm_url=args.vllm_url,
+        backend=args.backend,
         progress=not args.no_progress,
     )
     out = args.out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"

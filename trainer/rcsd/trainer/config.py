@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rcsd.client.prompts import JUDGE_VERSION
 from rcsd.client.protocol import RUBRIC_WRITER_MODES, ContextMode, RubricBounds
 from rcsd.client.protocol.teacher import MODES_SHOWING_RUBRIC
 
@@ -50,12 +51,6 @@ class SamplingConfig(_Section):
     temperature: float = Field(default=1.2, gt=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int = Field(default=20, ge=0)
-    # the student's prompt (rcsd.client.prompts student_prompt/<version>); the teacher renders the same
-    # version (sent with each request): release = the released RCSD texts, v1 = rcsd's earlier ones
-    prompt_version: str = "release"
-    enable_thinking: bool | None = Field(
-        default=None, description="the student's chat template; None: not passed"
-    )
 
 
 class LossConfig(_Section):
@@ -63,18 +58,10 @@ class LossConfig(_Section):
 
     name: Literal["topk_fkl", "topk_jsd", "sampled_rkl"] = "topk_fkl"
     tau: float = Field(default=1.2, gt=0.0)
-    clip: float | None = Field(
-        default=0.05, gt=0.0, description="topk_fkl/topk_jsd: max of each id's term; null: none"
-    )
+    clip: float = Field(default=0.05, gt=0.0, description="topk_fkl: max of each id's term")
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="topk_jsd: 0 forward KL, 1 reverse KL")
     advantage_clip: float | None = Field(default=None, gt=0.0, description="sampled_rkl")
     grpo_clip_eps: float = Field(default=0.2, gt=0.0)
-    # "grpo": TRL's loss_type grpo (the release's): per-completion mean, std with Bessel + 1e-4;
-    # "token_mean": one mean over all tokens, population std + 1e-6 (rcsd's earlier default)
-    grpo_loss_type: Literal["grpo", "token_mean"] = "grpo"
-    chunk_size: int = Field(
-        default=256, ge=1, description="positions per output-head chunk: the loss never holds [T, V] at once"
-    )
 
 
 class TeacherConfig(_Section):
@@ -83,13 +70,6 @@ class TeacherConfig(_Section):
     context_mode: ContextMode = "rubric+reference"
     top_k: int = Field(default=20, ge=0)
     rationale: str | None = Field(default=None, description='text, or "auto": the teacher writes one first')
-    # The release's --reason_first: every step the rollout engine (the student's current weights) samples
-    # an analysis of each question's privileged context with the rollouts' sampling settings, and the
-    # teacher scores after [analysis prompt + analysis + transition] (rcsd.client.prompts.teacher_context).
-    reason_first: bool = False
-    analysis_max_tokens: int = Field(default=4096, ge=1, description="reason_first: the analysis budget")
-    thinking: bool | None = Field(default=None, description="enable_thinking of the teacher's context")
-    analysis_thinking: bool | None = Field(default=None, description="enable_thinking of the analysis prompt")
 
 
 class RubricConfig(_Section):
@@ -137,6 +117,21 @@ class ServicesConfig(_Section):
         return os.environ.get(self.api_key_env)
 
 
+class JudgeConfig(_Section):
+    """A rubric judge (`rcsd.trainer.judge`): any OpenAI-compatible chat endpoint; GRPO's reward on
+    free-form questions, and `rcsd eval`'s grader of free-form sets."""
+
+    url: str = Field(description="the server root (http://host:8000) or its /v1")
+    model: str = Field(description="the model name the endpoint serves")
+    api_key_env: str | None = Field(default=None, description="the env var holding the API key, if any")
+    prompt_version: str = JUDGE_VERSION
+    cache_dir: str = "runs/judge-cache"
+    max_tokens: int = Field(default=128, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    timeout_s: float = Field(default=120.0, gt=0.0)
+    concurrency: int = Field(default=16, ge=1)
+
+
 class TrainConfig(_Section):
     """One run: method, student, optimisation, sampling, loss, teacher, services, data, logging."""
 
@@ -155,8 +150,7 @@ class TrainConfig(_Section):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(default=1e-8, gt=0.0)
     warmup_steps: int = Field(default=0, ge=0)
-    # "linear" decays to 0 at the last step, as the release (HF TrainingArguments' default)
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     steps: int = Field(default=100, ge=1)
     seed: int = 0
@@ -172,31 +166,15 @@ class TrainConfig(_Section):
     data_limit: int | None = Field(default=None, ge=1, description="train on the first N questions only")
     rollout_engine: Literal["hf", "vllm"] = "hf"
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    judge: JudgeConfig | None = None  # grades free-form (rubric) questions for GRPO's reward
     # Rubric prefetch and per-group teacher scoring run beside the rollouts; false = one after the other.
     overlap: bool = True
     # output
     output_dir: str = "runs/train"
     checkpoint_every: int = Field(default=50, ge=1)
-    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
-        default_factory=lambda: ["jsonl"],
-        description="where each step's metrics go, all the same numbers: metrics.jsonl (always written), "
-        "TensorBoard (`rcsd[tensorboard]`), Weights & Biases (`rcsd[wandb]`; WANDB_MODE=offline needs no network)",
-    )
-    wandb_project: str = Field(default="rcsd", description="report_to wandb: the W&B project")
+    tensorboard: bool = False
     plots: bool = True
-    progress: bool = Field(
-        default=True, description="a progress bar on a terminal; one line per step otherwise"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _tensorboard_flag(cls, data: Any) -> Any:
-        """Configs from before `report_to` said `tensorboard: true`; they load as report_to [jsonl, tensorboard]."""
-        if isinstance(data, dict) and "tensorboard" in data:
-            data = dict(data)
-            if data.pop("tensorboard") and "tensorboard" not in data.get("report_to", ["jsonl"]):
-                data["report_to"] = [*data.get("report_to", ["jsonl"]), "tensorboard"]
-        return data
+    progress: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -216,16 +194,6 @@ class TrainConfig(_Section):
             )
         if self.stage == "rubric_generator" and self.teacher.rationale is not None:
             raise ValueError("stage rubric_generator takes no teacher.rationale")
-        if self.teacher.reason_first and (
-            self.teacher.rationale is not None
-            or self.method == "grpo"
-            or self.stage != "reasoner"
-            or self.teacher.context_mode == "none"
-        ):
-            raise ValueError(
-                "teacher.reason_first samples the teacher's analysis itself: it needs stage reasoner, a "
-                "teacher (not grpo), a privileged teacher.context_mode and no teacher.rationale"
-            )
         if self.stage == "reasoner" and writer_mode:
             raise ValueError(
                 f"teacher.context_mode {self.teacher.context_mode} is for stage rubric_generator"

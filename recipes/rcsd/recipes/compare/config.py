@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rcsd.trainer.config import TrainConfig, read_yaml_config
+from rcsd.trainer.config import JudgeConfig, TrainConfig, read_yaml_config
 
 ARMS_DIR = "arms"
 CONFIGS_DIR = "configs"
@@ -61,6 +61,14 @@ class EvalConfig(_Section):
     top_k: int = Field(default=0, ge=0)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        default="hf", description="auto: a vLLM server per arm where vLLM is installed, else hf"
+    )
+    bootstrap_resamples: int = Field(default=10_000, ge=100, description="the 95 % interval's")
+    judge: JudgeConfig | None = Field(default=None, description="grades free-form (rubric) sets")
+    reference_arm: str | None = Field(
+        default=None, description="what each row's interval is compared with (default: the base arm)"
+    )
 
 
 class LaunchConfig(_Section):
@@ -94,6 +102,8 @@ class CompareConfig(_Section):
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must be unique: {names}")
+        if self.eval.reference_arm is not None and self.eval.reference_arm not in names:
+            raise ValueError(f"eval.reference_arm {self.eval.reference_arm!r} is not an arm: {names}")
         for owner, fields in [("train", self.train), *((a.name, a.overrides) for a in self.arms)]:
             if taken := sorted(set(fields) & set(COMPARE_OWNED)):
                 raise ValueError(f"{owner}: {taken} are set by the comparison (use rollouts_per_step)")
@@ -177,9 +187,11 @@ def arm_hash(config: CompareConfig, arm: ArmConfig) -> str:
     identity = fields.model_dump(mode="json", exclude={"services", "output_dir", "progress", "plots"})
     if train is None:
         identity = {k: identity[k] for k in ("model", "dtype", "device")}
-    blob = json.dumps(
-        {"method": arm.method, "train": identity, "eval": config.eval.model_dump()}, sort_keys=True
-    )
+    evaluation = config.eval.model_dump(mode="json")
+    for name in ("backend", "bootstrap_resamples", "judge", "reference_arm"):  # later fields: at their
+        if evaluation[name] == EvalConfig.model_fields[name].default:  # defaults, older run folders resume
+            del evaluation[name]
+    blob = json.dumps({"method": arm.method, "train": identity, "eval": evaluation}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -29,6 +29,7 @@ from rcsd.recipes.compare.config import (
     CompareConfig,
     arm_dir,
 )
+from rcsd.recipes.stats import overlaps
 from rcsd.trainer.metrics import read_metrics
 
 REPORT_FILE = "report.md"
@@ -44,7 +45,9 @@ class ArmResult:
     arm: str
     label: str
     method: str
-    accuracy: dict[str, float]  # column name -> accuracy
+    accuracy: dict[str, float]  # column name -> avg@n
+    accuracy_se: dict[str, float]  # column name -> its standard error over questions
+    interval: dict[str, tuple[float, float]]  # column name -> bootstrap 95 % interval over questions
     steps: int
     answers_sampled: int
     tokens_sampled: int
@@ -55,10 +58,10 @@ class ArmResult:
 
 
 def column(result: dict[str, Any]) -> str:
-    """A table column: the set, and the temperature (pass@1 over n when sampled)."""
+    """A table column: the set, and the temperature (avg@n: the mean over n samples, when sampled)."""
     if result["temperature"] == 0:
         return f"{result['data']} (greedy)"
-    return f"{result['data']} (T={result['temperature']:g}, pass@1/{result['n']})"
+    return f"{result['data']} (T={result['temperature']:g}, avg@{result['n']})"
 
 
 def arm_result(config: CompareConfig, arm: ArmConfig, run_dir: Path) -> ArmResult:
@@ -76,6 +79,10 @@ def arm_result(config: CompareConfig, arm: ArmConfig, run_dir: Path) -> ArmResul
         label=arm.label or arm.name,
         method=arm.method,
         accuracy={column(r): r["accuracy"] for r in evaluation["results"]},
+        accuracy_se={column(r): r.get("accuracy_se", math.nan) for r in evaluation["results"]},
+        interval={
+            column(r): (r.get("ci_low", math.nan), r.get("ci_high", math.nan)) for r in evaluation["results"]
+        },
         steps=len(records),
         answers_sampled=sum(answers),
         tokens_sampled=int(sum(r["rollout_tokens"] for r in records)),
@@ -100,7 +107,7 @@ def write_report(config: CompareConfig, run_dir: Path) -> Path:
     text = "\n".join(
         [
             *_header(config),
-            *_table(rows),
+            *_table(rows, _reference(config)),
             "",
             *_budget(config, rows),
             "",
@@ -143,10 +150,12 @@ def _header(config: CompareConfig) -> list[str]:
         + (f", first {spec.limit} questions of each" if spec.limit else "")
         + f"; at most {spec.max_new_tokens} new tokens; greedy"
         + (
-            f" and pass@1 over {spec.n} samples at T={', '.join(f'{t:g}' for t in sampled)}"
+            f" and avg@{spec.n} (the mean over {spec.n} samples, top-p {spec.top_p:g}, top-k {spec.top_k}) "
+            f"at T={', '.join(f'{t:g}' for t in sampled)}"
             if sampled
             else ""
         )
+        + (f"; free-form sets graded by the rubric judge `{spec.judge.model}`" if spec.judge else "")
         + "; answers checked by `rcsd.trainer.answers` (after the last </think>; the last boxed or "
         "stated answer, else the last marked choice or number; numeric within 5 %). Accuracy in %.",
         "",
@@ -165,17 +174,57 @@ def _dtype(requested: str, device: str) -> str:
     )
 
 
-def _table(rows: list[ArmResult]) -> list[str]:
+def _reference(config: CompareConfig) -> str | None:
+    """The arm each row's intervals are compared with: the configured one, else the base arm."""
+    if config.eval.reference_arm:
+        return config.eval.reference_arm
+    return next((a.name for a in config.arms if a.method == "base"), None)
+
+
+def _table(rows: list[ArmResult], reference: str | None) -> list[str]:
     columns = list(dict.fromkeys(c for r in rows for c in r.accuracy))
+    ref = next((r for r in rows if r.arm == reference), None)
     head = ["method", *columns, "steps", "answers sampled", "tokens sampled", "teacher tokens"]
     head += ["train wall (s)", "eval wall (s)"]
-    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    head += [f"95 % interval vs {ref.label}"] if ref else []
+    lines = [
+        "Accuracy in %: avg@n ± standard error [bootstrap 95 % interval], both over questions.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| --- |" + " ---: |" * (len(head) - 1),
+    ]
     for r in rows:
-        cells = [r.label, *(_percent(r.accuracy.get(c)) for c in columns), str(r.steps)]
+        cells = [r.label, *(_cell(r, c) for c in columns), str(r.steps)]
         cells += [f"{r.answers_sampled:,}", f"{r.tokens_sampled:,}", f"{r.teacher_tokens:,}"]
         cells += [f"{r.train_seconds:.1f}", f"{r.eval_seconds:.1f}"]
+        cells += [comparison(r, ref, columns)] if ref else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def comparison(row: ArmResult, ref: ArmResult, columns: list[str]) -> str:
+    """Whether the row's intervals overlap the reference's: "overlaps", or the columns where they do not
+    (above or below); "reference" on the reference's own row."""
+    if row.arm == ref.arm:
+        return "reference"
+    apart = []
+    for c in columns:
+        ours, theirs = row.interval.get(c), ref.interval.get(c)
+        if ours is None or theirs is None or any(math.isnan(v) for v in (*ours, *theirs)):
+            continue
+        if not overlaps(ours, theirs):
+            apart.append(f"{'above' if ours[0] > theirs[1] else 'below'} on {c}")
+    return "overlaps on every set" if not apart else "separate: " + "; ".join(apart)
+
+
+def _cell(row: ArmResult, column: str) -> str:
+    value = row.accuracy.get(column)
+    if value is None or math.isnan(value):
+        return "–"
+    se, (low, high) = row.accuracy_se.get(column, math.nan), row.interval.get(column, (math.nan, math.nan))
+    if math.isnan(se):
+        return _percent(value)
+    return f"{_percent(value)} ± {_percent(se)} [{_percent(low)}, {_percent(high)}]"
 
 
 def _percent(value: float | None) -> str:

@@ -193,6 +193,8 @@ def _evaluate(
         top_k=spec.top_k,
         seed=spec.seed,
         batch_size=spec.batch_size,
+        bootstrap_resamples=spec.bootstrap_resamples,
+        judge=spec.judge,
     )
     console.print(f"evaluating {arm.name}: {model}" + (f" + {adapter}" if adapter else ""))
     report = evaluate_checkpoint(
@@ -204,6 +206,7 @@ def _evaluate(
         limit=spec.limit,
         dtype=shared.dtype,
         device=None if shared.device == "auto" else shared.device,
+        backend=spec.backend,
         progress=shared.progress,
     )
     (arm_dir(run_dir, arm) / EVAL_FILE).write_text(report.to_json(arm=arm.name))

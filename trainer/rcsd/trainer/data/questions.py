@@ -21,23 +21,45 @@ from rcsd.client.protocol import Criterion
 LETTERS = string.ascii_uppercase
 
 
+class RubricItem(BaseModel):
+    """One criterion of a free-form question's rubric, in RaR-Science's format: a signed integer weight
+    (Essential 5, Important 3-4, Optional 1-2, Pitfall -1 to -2), or only a category (RubricHub style)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    title: str = ""
+    description: str
+    weight: float | None = None
+    category: Literal["Essential", "Important", "Optional", "Pitfall"] | None = None
+
+    @model_validator(mode="after")
+    def _weighted(self) -> RubricItem:
+        if self.weight is None and self.category is None:
+            raise ValueError("a rubric item needs a weight or a category")
+        return self
+
+
 class Question(BaseModel):
-    """One question. `answer` is a number as text (numeric) or the correct letter (mcq)."""
+    """One question. `answer` is a number as text (numeric), the correct letter (mcq), or a reference
+    answer (free_form: graded by a judge against `rubric`, `rcsd.trainer.judge`)."""
 
     model_config = ConfigDict(frozen=True)
 
     id: str
     source: str
     subject: str
-    answer_type: Literal["numeric", "mcq"]
+    answer_type: Literal["numeric", "mcq", "free_form"]
     question: str
     choices: list[str] | None = None
     answer: str
     unit: str | None = None
     reference_solution: str | None = None
+    rubric: list[RubricItem] | None = None  # free_form: what a judge checks
 
     @model_validator(mode="after")
     def _choices_fit_the_type(self) -> Question:
+        if self.answer_type == "free_form" and not self.rubric:
+            raise ValueError("a free-form question needs a rubric")
         if self.answer_type == "mcq":
             if not self.choices or len(self.choices) > len(LETTERS):
                 raise ValueError("a multiple-choice question needs between 1 and 26 choices")
@@ -46,7 +68,7 @@ class Question(BaseModel):
                     f"answer {self.answer!r} is not one of the {len(self.choices)} choice letters"
                 )
         elif self.choices:
-            raise ValueError("a numeric question has no choices")
+            raise ValueError(f"a {self.answer_type} question has no choices")
         return self
 
     @property
