@@ -51,6 +51,12 @@ class SamplingConfig(_Section):
     temperature: float = Field(default=1.2, gt=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int = Field(default=20, ge=0)
+    # the student's prompt (rcsd.client.prompts student_prompt/<version>); the teacher renders the same
+    # version (sent with each request): release = the released RCSD texts, v1 = rcsd's earlier ones
+    prompt_version: str = "release"
+    enable_thinking: bool | None = Field(
+        default=None, description="the student's chat template; None: not passed"
+    )
 
 
 class LossConfig(_Section):
@@ -58,10 +64,18 @@ class LossConfig(_Section):
 
     name: Literal["topk_fkl", "topk_jsd", "sampled_rkl"] = "topk_fkl"
     tau: float = Field(default=1.2, gt=0.0)
-    clip: float = Field(default=0.05, gt=0.0, description="topk_fkl: max of each id's term")
+    clip: float | None = Field(
+        default=0.05, gt=0.0, description="topk_fkl/topk_jsd: max of each id's term; null: none"
+    )
     beta: float = Field(default=0.5, ge=0.0, le=1.0, description="topk_jsd: 0 forward KL, 1 reverse KL")
     advantage_clip: float | None = Field(default=None, gt=0.0, description="sampled_rkl")
     grpo_clip_eps: float = Field(default=0.2, gt=0.0)
+    # "grpo": TRL's loss_type grpo (the release's): per-completion mean, std with Bessel + 1e-4;
+    # "token_mean": one mean over all tokens, population std + 1e-6 (rcsd's earlier default)
+    grpo_loss_type: Literal["grpo", "token_mean"] = "grpo"
+    chunk_size: int = Field(
+        default=256, ge=1, description="positions per output-head chunk: the loss never holds [T, V] at once"
+    )
 
 
 class TeacherConfig(_Section):
@@ -70,6 +84,13 @@ class TeacherConfig(_Section):
     context_mode: ContextMode = "rubric+reference"
     top_k: int = Field(default=20, ge=0)
     rationale: str | None = Field(default=None, description='text, or "auto": the teacher writes one first')
+    # The release's --reason_first: every step the rollout engine (the student's current weights) samples
+    # an analysis of each question's privileged context with the rollouts' sampling settings, and the
+    # teacher scores after [analysis prompt + analysis + transition] (rcsd.client.prompts.teacher_context).
+    reason_first: bool = False
+    analysis_max_tokens: int = Field(default=4096, ge=1, description="reason_first: the analysis budget")
+    thinking: bool | None = Field(default=None, description="enable_thinking of the teacher's context")
+    analysis_thinking: bool | None = Field(default=None, description="enable_thinking of the analysis prompt")
 
 
 class RubricConfig(_Section):
@@ -150,7 +171,8 @@ class TrainConfig(_Section):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(default=1e-8, gt=0.0)
     warmup_steps: int = Field(default=0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # "linear" decays to 0 at the last step, as the release (HF TrainingArguments' default)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     steps: int = Field(default=100, ge=1)
     seed: int = 0
@@ -172,9 +194,26 @@ class TrainConfig(_Section):
     # output
     output_dir: str = "runs/train"
     checkpoint_every: int = Field(default=50, ge=1)
-    tensorboard: bool = False
+    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where each step's metrics go, all the same numbers: metrics.jsonl (always written), "
+        "TensorBoard (`rcsd[tensorboard]`), Weights & Biases (`rcsd[wandb]`; WANDB_MODE=offline needs no network)",
+    )
+    wandb_project: str = Field(default="rcsd", description="report_to wandb: the W&B project")
     plots: bool = True
-    progress: bool = True
+    progress: bool = Field(
+        default=True, description="a progress bar on a terminal; one line per step otherwise"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_flag(cls, data: Any) -> Any:
+        """Configs from before `report_to` said `tensorboard: true`; they load as report_to [jsonl, tensorboard]."""
+        if isinstance(data, dict) and "tensorboard" in data:
+            data = dict(data)
+            if data.pop("tensorboard") and "tensorboard" not in data.get("report_to", ["jsonl"]):
+                data["report_to"] = [*data.get("report_to", ["jsonl"]), "tensorboard"]
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -194,6 +233,16 @@ class TrainConfig(_Section):
             )
         if self.stage == "rubric_generator" and self.teacher.rationale is not None:
             raise ValueError("stage rubric_generator takes no teacher.rationale")
+        if self.teacher.reason_first and (
+            self.teacher.rationale is not None
+            or self.method == "grpo"
+            or self.stage != "reasoner"
+            or self.teacher.context_mode == "none"
+        ):
+            raise ValueError(
+                "teacher.reason_first samples the teacher's analysis itself: it needs stage reasoner, a "
+                "teacher (not grpo), a privileged teacher.context_mode and no teacher.rationale"
+            )
         if self.stage == "reasoner" and writer_mode:
             raise ValueError(
                 f"teacher.context_mode {self.teacher.context_mode} is for stage rubric_generator"

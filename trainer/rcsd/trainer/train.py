@@ -6,9 +6,12 @@
 
 One RCSD step, per rank (each its share of the step's questions):
 1. rubrics for the step's questions, fetched during the previous step (the rubric service stores them);
-2. rollouts from the student's current weights, one group (G answers) per question, with the
-   student's own prompt; as soon as a group exists its token ids go to the teacher service (worker
-   thread), so scoring overlaps the sampling of the next groups;
+2. with `teacher.reason_first` (the release's layout), first one analysis per question of its
+   privileged context, sampled by the rollout engine from the student's current weights in one call
+   (recorded in the run's `analyses.jsonl`); then rollouts from the student's current weights, one
+   group (G answers) per question, with the student's own prompt; as soon as a group exists its
+   token ids go to the teacher service (worker thread), so scoring overlaps the sampling of the next
+   groups;
 3. per group, the student's logits on the same positions, the loss on the teacher's top-K, backward;
    each group's loss is weighted by its tokens / the step's global token count, so the update is the
    loss averaged over every valid completion token of every rank;
@@ -25,10 +28,11 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,14 +40,15 @@ import torch
 from rcsd.client import to_padded_tensors
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer import distributed, losses
+from rcsd.trainer.analysis import analyses_file, record_analyses, sample_analyses
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data.questions import Question
 from rcsd.trainer.judge import judge_for, judged_reward
 from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
 from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
 from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
-from rcsd.trainer.student import Student, completion_logits, load_student, sampled_logprobs
-from rcsd.trainer.tasks import Task, make_task
+from rcsd.trainer.student import CompletionScores, Student, load_student, score_completions
+from rcsd.trainer.tasks import AnsweringQuestions, Task, make_task
 
 CONFIG_FILE = "config.yaml"
 
@@ -56,6 +61,7 @@ class Group:
     question: Question
     rollouts: list[Rollout]
     rubric: Rubric | None
+    analysis: Rollout | None = None  # teacher.reason_first: the analysis the teacher scores after
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Run:
     order: DataOrder
     first_step: int
     position: int  # the data position of `first_step`
+    run_dir: Path | None = None  # where the step's records go (the reason-first analyses)
 
     def step_questions(self, step: int) -> list[tuple[int, Question]]:
         """This rank's share of step `step`'s questions, with their global data positions."""
@@ -105,8 +112,10 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
             run_dir,
             total_steps=config.steps,
             first_step=run.first_step,
-            tensorboard=config.tensorboard,
             progress=config.progress,
+            report_to=config.report_to,
+            config=config.model_dump(mode="json"),
+            wandb_project=config.wandb_project,
         )
         if dist.is_main
         else NullLogger()
@@ -162,7 +171,18 @@ def _start(
     order = DataOrder(len(task.questions), config.seed)
     engine = _rollout_engine(config, student, dist, run_dir)
     return Run(
-        config, dist, student, optimizer, scheduler, task, has_teacher, engine, order, first_step, position
+        config,
+        dist,
+        student,
+        optimizer,
+        scheduler,
+        task,
+        has_teacher,
+        engine,
+        order,
+        first_step,
+        position,
+        run_dir,
     )
 
 
@@ -184,13 +204,18 @@ def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]
 
     # 2. rollouts, group by group; each group goes to the teacher as soon as it exists
     started = time.perf_counter()
-    groups, scoring = _sample_groups(run, mine, rubrics)
+    groups, scoring = _sample_groups(run, step, mine, rubrics)
     times["rollout"] = time.perf_counter() - started
     local_tokens = sum(len(r.completion_ids) for g in groups for r in g.rollouts)
     [global_tokens] = run.dist.sum([float(local_tokens)])
 
     # 3. per group: teacher scores (waited for only if not there yet), student logits, loss, backward
     sums: dict[str, float] = defaultdict(float)
+    for group in groups:
+        if group.analysis is not None:
+            sums["analysis_tokens"] += len(group.analysis.completion_ids)
+            sums["analyses"] += 1
+            sums["analysis_truncated"] += group.analysis.truncated
     for i, group in enumerate(groups):
         started = time.perf_counter()
         scored = scoring[i].result() if scoring else None
@@ -217,30 +242,63 @@ def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]
 
 
 def _sample_groups(
-    run: Run, mine: list[tuple[int, Question]], rubrics: list[Rubric | None]
+    run: Run, step: int, mine: list[tuple[int, Question]], rubrics: list[Rubric | None]
 ) -> tuple[list[Group], list[Future[Scored]]]:
     """Each question's group of answers; with `overlap`, each is sent for scoring as soon as it exists."""
     config, student = run.config, run.student
-    groups: list[Group] = []
-    scoring: list[Future[Scored]] = []
     student.model.eval()
-    for (pos, question), rubric in zip(mine, rubrics, strict=True):
-        params = SamplingParams(
-            max_new_tokens=config.sampling.max_new_tokens,
-            temperature=config.sampling.temperature,
-            top_p=config.sampling.top_p,
-            top_k=config.sampling.top_k,
-            seed=_group_seed(config.seed, pos),
+    analyses: list[Rollout | None] = [None] * len(mine)
+    if config.teacher.reason_first and mine:
+        assert isinstance(run.task, AnsweringQuestions)  # the config allows reason_first in Stage II only
+        sampled = sample_analyses(run.engine, run.task, student.tokenizer, config, mine, rubrics)
+        if run.run_dir is not None:
+            path = analyses_file(run.run_dir, run.dist.rank)
+            record_analyses(path, step + 1, mine, sampled, student.tokenizer)
+        analyses = list(sampled)
+    requests = [
+        (
+            run.task.prompt_ids(student.tokenizer, question),
+            SamplingParams(
+                max_new_tokens=config.sampling.max_new_tokens,
+                temperature=config.sampling.temperature,
+                top_p=config.sampling.top_p,
+                top_k=config.sampling.top_k,
+                seed=_group_seed(config.seed, pos),
+            ),
         )
-        prompt = run.task.prompt_ids(student.tokenizer, question)
-        [rollouts] = run.engine.sample([prompt], params, n=config.rollouts_per_prompt)
-        groups.append(Group(pos, question, rollouts, rubric))
-        if config.overlap and run.has_teacher:
-            scoring.append(run.task.score(question, rubric, _ids(groups[-1])))
+        for pos, question in mine
+    ]
+    done: dict[int, Group] = {}
+    futures: dict[int, Future[Scored]] = {}
+    for i, rollouts in _stream(run.engine, requests, config.rollouts_per_prompt):
+        (pos, question), rubric, analysis = mine[i], rubrics[i], analyses[i]
+        done[i] = Group(pos, question, rollouts, rubric, analysis)
+        if config.overlap and run.has_teacher:  # each group is scored as soon as it finishes
+            futures[i] = _score(run, done[i])
+    groups = [done[i] for i in range(len(mine))]
+    scoring = [futures[i] for i in range(len(mine))] if futures else []
     if not config.overlap and run.has_teacher:  # the baseline: score after sampling
-        scoring = [run.task.score(g.question, g.rubric, _ids(g)) for g in groups]
+        scoring = [_score(run, g) for g in groups]
     student.model.train()
     return groups, scoring
+
+
+def _stream(
+    engine: Any, requests: list[tuple[list[int], SamplingParams]], n: int
+) -> Iterator[tuple[int, list[Rollout]]]:
+    """`(index, rollouts)` per request as each finishes: all at once where the engine streams
+    (`sample_stream`, vLLM), else one request at a time. Each request keeps its own seed."""
+    if hasattr(engine, "sample_stream"):
+        yield from engine.sample_stream(requests, n)
+        return
+    for i, (prompt, params) in enumerate(requests):
+        [rollouts] = engine.sample([prompt], params, n=n)
+        yield i, rollouts
+
+
+def _score(run: Run, group: Group) -> Future[Scored]:
+    analysis_ids = group.analysis.completion_ids if group.analysis is not None else None
+    return run.task.score(group.question, group.rubric, _ids(group), analysis_ids)
 
 
 def _maybe_checkpoint(run: Run, done: int, run_dir: Path) -> None:
@@ -313,31 +371,42 @@ def _group_loss(
     """The group's loss (a mean over its valid tokens) and its token count; adds its metrics to `sums`."""
     completions = _ids(group)
     pad_id = student.tokenizer.pad_token_id or 0
-    logits_B_T_V, ids_B_T, mask_B_T = completion_logits(
-        student.model, group.rollouts[0].prompt_ids, completions, pad_id
+    teacher = to_padded_tensors([scored.response]) if scored is not None else None
+    scores = score_completions(
+        student.model,
+        group.rollouts[0].prompt_ids,
+        completions,
+        pad_id,
+        None if teacher is None else teacher.get("topk_ids_B_T_K"),
+        chunk_size=config.loss.chunk_size,
     )
+    logprobs_B_T, mask_B_T = scores.logprobs_B_T, scores.mask_B_T
     tokens = float(mask_B_T.sum())
     sums["tokens"] += tokens
     sums["rollouts"] += len(completions)
     sums["truncated"] += sum(r.truncated for r in group.rollouts)
     if config.method == "grpo":
-        logprobs_B_T = sampled_logprobs(logits_B_T_V, ids_B_T)
         texts = student.tokenizer.batch_decode(completions, skip_special_tokens=True)
         judge = judge_for(config.judge)  # free-form questions: the rubric score; else the answer check
         rewards_B = torch.tensor([judged_reward(judge, text, group.question) for text in texts])
-        advantages_B = losses.group_advantages(rewards_B).to(logprobs_B_T.device)
+        trl = config.loss.grpo_loss_type == "grpo"
+        advantages_B = losses.group_advantages(rewards_B, 1e-4 if trl else 1e-6, unbiased=trl)
         loss, metrics = losses.grpo_loss(
-            logprobs_B_T, logprobs_B_T.detach(), advantages_B, mask_B_T, clip_eps=config.loss.grpo_clip_eps
+            logprobs_B_T,
+            logprobs_B_T.detach(),
+            advantages_B.to(logprobs_B_T.device),
+            mask_B_T,
+            clip_eps=config.loss.grpo_clip_eps,
+            loss_type=config.loss.grpo_loss_type,
         )
         sums["reward"] += float(rewards_B.sum())
     else:
-        assert scored is not None
-        teacher = {k: v.to(logits_B_T_V.device) for k, v in to_padded_tensors([scored.response]).items()}
-        loss, metrics = _distillation_loss(config, logits_B_T_V, ids_B_T, teacher, mask_B_T)
+        assert scored is not None and teacher is not None
+        teacher = {k: v.to(logprobs_B_T.device) for k, v in teacher.items()}
+        loss, metrics = _distillation_loss(config, scores, teacher)
         with torch.no_grad():
-            student_lp_B_T = sampled_logprobs(logits_B_T_V.detach(), ids_B_T)
             teacher_lp_B_T = teacher["teacher_logprobs_B_T"]
-            sums["kl_sampled"] += float(((student_lp_B_T - teacher_lp_B_T) * mask_B_T).sum())
+            sums["kl_sampled"] += float(((logprobs_B_T.detach() - teacher_lp_B_T) * mask_B_T).sum())
             sums["teacher_logprob"] += float((teacher_lp_B_T * mask_B_T).sum())
         sums["teacher_tokens"] += scored.response.context_length + tokens
         sums["teacher_latency"] += scored.latency_s
@@ -350,23 +419,20 @@ def _group_loss(
 
 
 def _distillation_loss(
-    config: TrainConfig,
-    logits_B_T_V: torch.Tensor,
-    ids_B_T: torch.Tensor,
-    teacher: dict[str, torch.Tensor],
-    mask_B_T: torch.Tensor,
+    config: TrainConfig, scores: CompletionScores, teacher: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, dict[str, float]]:
     settings = config.loss
     if settings.name == "sampled_rkl":
         return losses.sampled_rkl(
-            sampled_logprobs(logits_B_T_V, ids_B_T),
+            scores.logprobs_B_T,
             teacher["teacher_logprobs_B_T"],
-            mask_B_T,
+            scores.mask_B_T,
             advantage_clip=settings.advantage_clip,
         )
-    topk = (logits_B_T_V, teacher["topk_ids_B_T_K"], teacher["topk_logprobs_B_T_K"], mask_B_T)
+    assert scores.topk_logits_B_T_K is not None and scores.in_vocab_B_T_K is not None
+    topk = (scores.topk_logits_B_T_K, scores.in_vocab_B_T_K, teacher["topk_logprobs_B_T_K"], scores.mask_B_T)
     if settings.name == "topk_jsd":
-        return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau)
+        return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau, clip=settings.clip)
     return losses.topk_fkl(*topk, tau=settings.tau, clip=settings.clip)
 
 
@@ -375,7 +441,10 @@ def _step_metrics(
 ) -> dict[str, float]:
     """Sums over ranks turned into means; times are rank 0's (every rank waits for the slowest)."""
     grad_norm = sums.pop("grad_norm", None)
-    keys = sorted(set(sums) | {"tokens", "rollouts", "truncated"})
+    always = {"tokens", "rollouts", "truncated"}
+    if config.teacher.reason_first:
+        always |= {"analysis_tokens", "analyses", "analysis_truncated"}
+    keys = sorted(set(sums) | always)
     total = dict(zip(keys, dist.sum([sums.get(k, 0.0) for k in keys]), strict=True))
     tokens, rollouts = max(total["tokens"], 1.0), max(total["rollouts"], 1.0)
     metrics = {
@@ -400,6 +469,9 @@ def _step_metrics(
         metrics["teacher_tokens"] = total["teacher_tokens"]
         metrics["teacher_latency_s"] = total["teacher_latency"] / max(total["teacher_calls"], 1.0)
         metrics["rubric_fallbacks"] = total["rubric_fallbacks"]
+    if config.teacher.reason_first:
+        metrics["analysis_len_mean"] = total["analysis_tokens"] / max(total["analyses"], 1.0)
+        metrics["analysis_truncation_rate"] = total["analysis_truncated"] / max(total["analyses"], 1.0)
     return metrics
 
 
@@ -412,6 +484,8 @@ def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
         if config.lr_schedule == "cosine":
             progress = (step - warmup) / max(1, steps - warmup)
             return 0.5 * (1.0 + float(np.cos(np.pi * min(progress, 1.0))))
+        if config.lr_schedule == "linear":
+            return max(0.0, (steps - step) / max(1, steps - warmup))
         return 1.0
 
     return factor

@@ -8,7 +8,10 @@
   it, the Stage I trainer samples its student's rubrics after it, and the teacher's `rubric_writer`
   modes score them after it; the output format it describes is `rcsd.client.protocol.rubric_format`.
 - `teacher_context/<version>/*.j2`: the teacher's privileged context, one file per part
-  (`TemplateSet`); the service names its version `teacher-<version>`.
+  (`TemplateSet`); the service names its version `teacher-<version>`. `release` holds the released
+  RCSD texts verbatim (carriegu0818/RCSD, data_collator_reward.py) and is the default; `v1` is
+  rcsd's earlier wording, still selectable. `rcsd.client.prompts.teacher_context` renders them into
+  token ids (`render_teacher_context`), the one function the teacher service calls too.
 
 Only jinja2 here (no torch): the client package renders what the services render.
 """
@@ -25,10 +28,13 @@ Message = dict[str, str]
 
 DESIGNER_VERSION = "v2"  # the rubric service's default template version
 JUDGE_VERSION = "v1"  # the rubric judge's prompt (rcsd.trainer.judge); part of its cache key
+TEMPLATE_VERSION = "release"  # the default student prompt and teacher context (the released texts)
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+def _environment(keep_trailing_newline: bool = False) -> jinja2.Environment:
+    return jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=keep_trailing_newline, autoescape=False
+    )
 
 
 @lru_cache(maxsize=16)
@@ -49,7 +55,7 @@ def designer_template(version: str) -> jinja2.Template:
     return _template("rubric_designer", version)
 
 
-def student_prompt_text(question: str, version: str = "v1") -> str:
+def student_prompt_text(question: str, version: str = TEMPLATE_VERSION) -> str:
     """The text of the student's user turn for `question` (template `version`)."""
     return student_template(version).render(question=question).strip()
 
@@ -85,13 +91,17 @@ def designer_prompt_text(
     )
 
 
-def chat_prompt_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
+def chat_prompt_ids(
+    tokenizer: Any, messages: list[Message], enable_thinking: bool | None = None
+) -> list[int]:
     """`messages` rendered with the model's chat template, ending in the assistant generation prompt.
 
     Rendered as text, then tokenized without special tokens: the chat template already wrote them, and
-    a tokenizer that adds a BOS would otherwise add a second one.
+    a tokenizer that adds a BOS would otherwise add a second one. `enable_thinking` goes to the chat
+    template (Qwen3 reads it) unless None.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    options = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **options)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -104,11 +114,19 @@ class TemplateSet:
             raise ValueError(f"no {name} template version {version!r} in {__package__}")
         self.version = version
         self._env = _environment()
+        self._exact_env = _environment(keep_trailing_newline=True)
         self._sources = {
             entry.name.removesuffix(".j2"): entry.read_text(encoding="utf-8")
             for entry in folder.iterdir()
             if entry.name.endswith(".j2")
         }
 
+    def has(self, name: str) -> bool:
+        return name in self._sources
+
     def render(self, name: str, **values: object) -> str:
         return self._env.from_string(self._sources[name]).render(**values).strip()
+
+    def render_exact(self, name: str, **values: object) -> str:
+        """The part as written, every leading and trailing newline kept (the released texts need them)."""
+        return self._exact_env.from_string(self._sources[name]).render(**values)
