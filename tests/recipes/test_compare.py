@@ -25,10 +25,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from rcsd.recipes.cli import main as rcsd_main
 from rcsd.recipes.compare.cli import main as compare_main
 from rcsd.recipes.compare.config import CompareConfig, load_compare_config
 from rcsd.recipes.evaluate import main as eval_main
-from rcsd.recipes.cli import main as rcsd_main
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import load_config
 
@@ -126,7 +126,10 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, questions_file, tmp_path)
     assert "| method | questions (greedy) | steps | answers sampled | tokens sampled |" in report
     assert all(f"| {arm} |" in report for arm in ARMS) and "held for every arm" in report
     assert "avg@n ± standard error [bootstrap 95 % interval]" in report and "95 % interval vs base" in report
-    assert "| reference |" in report and report.count("overlaps on every set") + report.count("separate:") == len(ARMS) - 1
+    assert (
+        "| reference |" in report
+        and report.count("overlaps on every set") + report.count("separate:") == len(ARMS) - 1
+    )
     assert report.count("```yaml") == 1 + len(ARMS)  # the comparison, then every arm
     assert (out / "curves.png").stat().st_size > 0
 

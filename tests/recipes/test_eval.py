@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from rcsd.recipes.evaluate import EvalSettings, evaluate_set, main
 from rcsd.recipes.cli import main as rcsd_main
+from rcsd.recipes.evaluate import EvalSettings, evaluate_set, main
 from rcsd.trainer.data.questions import Question
 from rcsd.trainer.rollout import Rollout, SamplingParams
 

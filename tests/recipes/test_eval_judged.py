@@ -75,7 +75,9 @@ def test_judged_eval_score_arithmetic_and_cache(
                 for sample in question["samples"]:
                     assert sample["score"] == pytest.approx(_expected_score(spec["rubric"], sample["text"]))
                     if final_text(sample["text"]) is not None:
-                        assert [v["title"] for v in sample["verdicts"]] == [r["title"] for r in spec["rubric"]]
+                        assert [v["title"] for v in sample["verdicts"]] == [
+                            r["title"] for r in spec["rubric"]
+                        ]
                         assert [v["satisfied"] for v in sample["verdicts"]] == [
                             r["title"] in SATISFIED for r in spec["rubric"]
                         ]
@@ -110,7 +112,9 @@ def vllm_judge(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
                "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]  # fmt: skip
     env = {**vllm_cpu_env(), "VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ok(f"{url}/health", server, 300, lambda: log_path.read_text(errors="replace")[-3000:])

@@ -34,7 +34,7 @@ def fake_judge(satisfied: set[str]) -> Iterator[FakeJudge]:
     judge = FakeJudge(satisfied)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with judge._lock:
                 judge.requests.append(body)
@@ -43,7 +43,9 @@ def fake_judge(satisfied: set[str]) -> Iterator[FakeJudge]:
                 self.send_response(404)
                 self.end_headers()
                 return
-            reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": judge.answer(body)}}]}
+            reply = {
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": judge.answer(body)}}]
+            }
             data = json.dumps(reply).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

@@ -67,7 +67,9 @@ def test_scores_cache_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         assert judge.calls == 4 and len(fake.requests) == 4
         assert all(h["Authorization"] == "Bearer sk-test" for h in fake.headers)
         assert {r["model"] for r in fake.requests} == {"judge-m"}
-        assert all("<think>" not in r["messages"][0]["content"] for r in fake.requests)  # the final answer only
+        assert all(
+            "<think>" not in r["messages"][0]["content"] for r in fake.requests
+        )  # the final answer only
         # the same answer again, from a new judge on the same cache: no calls
         again = RubricJudge(config)
         assert again.score(QUESTION, answer).score == graded.score and again.calls == 0
@@ -93,7 +95,14 @@ def test_categories_and_grpo_reward(tmp_path: Path):
         )
         assert judged_reward(judge, "F = ma", question) == pytest.approx(expected)
     numeric = Question.model_validate(
-        {"id": "n", "source": "t", "subject": "p", "answer_type": "numeric", "question": "2+2?", "answer": "4"}
+        {
+            "id": "n",
+            "source": "t",
+            "subject": "p",
+            "answer_type": "numeric",
+            "question": "2+2?",
+            "answer": "4",
+        }
     )
     assert judged_reward(None, "\\boxed{4}", numeric) == 1.0  # no judge needed: the answer check
     assert judged_reward(None, "F = ma", question) == 0.0  # free-form without a judge: unverifiable

@@ -91,7 +91,11 @@ def test_metrics_carry_engine_process_and_service_info(served: Served, tiny_mode
     engine = {name for name in families if name.startswith("vllm:")}
     if info["backend"] == "vllm":
         # what vLLM's production stack, KEDA templates and dashboards read
-        assert {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"} <= engine
+        assert {
+            "vllm:num_requests_running",
+            "vllm:num_requests_waiting",
+            "vllm:kv_cache_usage_perc",
+        } <= engine
         assert {"vllm:e2e_request_latency_seconds", "vllm:prompt_tokens"} <= engine
         [prompt_tokens] = families["vllm:prompt_tokens"].samples[:1]
         assert prompt_tokens.value > 0  # the scoring call above went through the engine
