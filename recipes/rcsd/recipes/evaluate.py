@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rcsd.recipes.eval_server import vllm_installed, vllm_server
 from rcsd.recipes.stats import BOOTSTRAP_RESAMPLES, estimate
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.answers import read_answer
@@ -343,6 +342,8 @@ def evaluate_checkpoint(
     `vllm_url` wins over both). Free-form sets need `settings.judge`."""
     import torch
 
+    # here, not at the top: the server launcher brings rcsd.services, which a library import must not
+    from rcsd.recipes.eval_server import vllm_installed, vllm_server
     from rcsd.trainer.student import resolve_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -41,7 +41,7 @@ def serve(settings: ServiceSettings, service: str) -> int:
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers reach the handler configure_logging set
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )
     server = uvicorn.Server(config)
     state = app.state.rcsd

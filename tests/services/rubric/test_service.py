@@ -284,3 +284,39 @@ async def test_a_lock_held_too_long_elsewhere_is_503_with_retry_after(tiny_model
         assert r.json()["error"]["type"] == "unavailable" and r.headers["x-request-id"] == "locked"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("grace_s", [0.2, 300])
+def test_sigterm_lets_the_batch_in_flight_finish_within_the_grace(tiny_model_dir, tmp_path, grace_s):
+    """`graceful_shutdown_s` decides whether a batch still generating at SIGTERM gets its answer."""
+    server = rubric_server(tiny_model_dir, f"sqlite:///{tmp_path / 'rubrics.db'}", tmp_path)
+    server.args += ["--graceful-shutdown-s", str(grace_s)]
+    server.start()
+    three = {"min_criteria": 3, "max_criteria": 3}  # a second schema: decoded after the first pair
+    batch = [
+        ask("Question 0?"),
+        ask("Question 1?"),
+        ask("Question 2?", bounds=three),
+        ask("Question 3?", bounds=three),
+    ]
+    answered: list[object] = []
+
+    def send() -> None:
+        try:
+            answered.append(httpx.post(f"{server.url}/rubrics/batch", json={"requests": batch}, timeout=300))
+        except httpx.HTTPError as exc:
+            answered.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 240
+    while not (generated_count(server) >= 1 and gauge(server, "rcsd_in_flight") >= 1):
+        assert sender.is_alive() and time.monotonic() < deadline, "the batch ended before SIGTERM"
+        time.sleep(0.05)
+    server.stop(timeout_s=330)
+    sender.join(timeout=30)
+    if grace_s >= 300:
+        assert isinstance(answered[0], httpx.Response) and answered[0].status_code == 200, answered
+        assert len(answered[0].json()["results"]) == 4
+    else:
+        assert not (isinstance(answered[0], httpx.Response) and answered[0].status_code == 200), answered

@@ -105,7 +105,7 @@ class ServiceSettings(BaseSettings):
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429/503")
     graceful_shutdown_s: float = Field(
         default=10,
-        ge=0,
+        gt=0,  # uvicorn reads 0 as "wait for ever"
         description="on SIGTERM: how long requests in flight may finish before they are cancelled",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
