@@ -79,3 +79,28 @@ def test_training_mode_is_restored(student):
     HfRollout(model, tokenizer).sample(prompts[:1], SamplingParams(max_new_tokens=2))
     assert model.training
     model.eval()
+
+
+def test_sampled_batched_equals_one_request_at_a_time(student):
+    """Every row has its own generator: the batch, its chunking and its neighbours change no token."""
+    model, tokenizer, prompts = student
+    requests = [(p, SamplingParams(max_new_tokens=12, seed=10 + i)) for i, p in enumerate(prompts)]
+    engine = HfRollout(model, tokenizer)
+    alone = [engine.sample([p], params, n=2)[0] for p, params in requests]
+    assert len({tuple(r.completion_ids) for group in alone for r in group}) == 6  # really sampled
+    for batched_engine in (engine, HfRollout(model, tokenizer, max_batch_size=2)):
+        streamed = dict(batched_engine.sample_stream(requests, n=2))
+        assert [streamed[i] for i in range(len(prompts))] == alone
+    reversed_batch = dict(engine.sample_stream(requests[::-1], n=2))
+    assert [reversed_batch[i] for i in range(len(prompts))][::-1] == alone
+
+
+def test_stream_yields_each_request_when_its_rows_stop(student):
+    """A request whose answers end early comes out before the ones that run to max_new_tokens."""
+    model, tokenizer, prompts = student
+    engine = HfRollout(model, tokenizer)
+    greedy = SamplingParams(max_new_tokens=10, temperature=0.0)
+    free = [group[0] for group in engine.sample(prompts, greedy)]
+    engine.stop_ids = {free[2].completion_ids[2]}  # the last request now stops at its 3rd token
+    order = [i for i, _ in engine.sample_stream([(p, greedy) for p in prompts])]
+    assert order[0] == 2 and sorted(order) == [0, 1, 2]

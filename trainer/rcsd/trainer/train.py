@@ -287,7 +287,8 @@ def _stream(
     engine: Any, requests: list[tuple[list[int], SamplingParams]], n: int
 ) -> Iterator[tuple[int, list[Rollout]]]:
     """`(index, rollouts)` per request as each finishes: all at once where the engine streams
-    (`sample_stream`, vLLM), else one request at a time. Each request keeps its own seed."""
+    (`sample_stream`: hf batches them, vLLM sends them together), else one request at a time.
+    Each request keeps its own seed, so the tokens do not depend on the batching."""
     if hasattr(engine, "sample_stream"):
         yield from engine.sample_stream(requests, n)
         return
