@@ -108,3 +108,74 @@ def test_what_a_version_cannot_render(tokenizer):
         render_teacher_context(tokenizer, _request(rationale="auto"), "release")
     with pytest.raises(ValueError, match="not both"):
         _request(rationale="x", rationale_ids=[5])
+
+
+STUDENT_MESSAGES = [
+    {"role": "system", "content": "You are a careful physics tutor. Answer in SI units."},
+    {"role": "user", "content": "How far does light travel in 1 ns?"},
+    {"role": "assistant", "content": "About 0.3 m: d = c t = 3e8 m/s * 1e-9 s."},
+    {"role": "user", "content": "What is the energy of a 500 nm photon? Show the formula first."},
+]
+
+
+def _chat_ids(tokenizer, messages: list[dict], **options: object) -> list[int]:
+    """The independent rendering: the tokenizer's own apply_chat_template, tokenized by it."""
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **options)
+    return list(rendered["input_ids"])
+
+
+def test_none_mode_is_the_students_messages_exactly(tokenizer):
+    request = _request(
+        context_mode="none", messages=STUDENT_MESSAGES, chat_template_kwargs={"enable_thinking": False}
+    )
+    ids = render_teacher_context(tokenizer, request, "release")
+    assert ids == _chat_ids(tokenizer, STUDENT_MESSAGES, enable_thinking=False)
+    assert tokenizer.decode(ids).endswith(EMPTY_THINK)
+    flag_wins = _request(
+        context_mode="none",
+        messages=STUDENT_MESSAGES,
+        chat_template_kwargs={"enable_thinking": False},
+        student_thinking=True,
+    )
+    assert render_teacher_context(tokenizer, flag_wins, "release") == _chat_ids(
+        tokenizer, STUDENT_MESSAGES, enable_thinking=True
+    )
+
+
+def test_earlier_turns_lead_every_answer_mode(tokenizer):
+    """The student's system prompt and few-shot turns lead the teacher's context; its question turn is
+    replaced by the privileged turn (release), or repeated in v1's transition."""
+    earlier, question_turn = STUDENT_MESSAGES[:-1], STUDENT_MESSAGES[-1]
+    for version in ("release", "v1"):
+        plain = render_teacher_context(tokenizer, _request(), version)
+        with_messages = render_teacher_context(tokenizer, _request(messages=STUDENT_MESSAGES), version)
+        [privileged_turn] = [{"role": "user", "content": _user_text(tokenizer, plain)}]
+        if version == "v1":
+            privileged_turn["content"] = privileged_turn["content"].replace(
+                student_prompt_text(_request().question, "v1"), question_turn["content"]
+            )
+        assert with_messages == _chat_ids(tokenizer, [*earlier, privileged_turn]), version
+    analysis = [7, 8, 9]
+    reason_first = _request(messages=STUDENT_MESSAGES, rationale_ids=analysis, analysis_thinking=False)
+    prompt = analysis_prompt_ids(
+        tokenizer,
+        question=_request().question,
+        context_mode="rubric+reference",
+        reference_answer=_request().reference_answer,
+        rubric=RUBRIC,
+        version="release",
+        enable_thinking=False,
+    )
+    expected_prompt = _chat_ids(
+        tokenizer,
+        [*earlier, {"role": "user", "content": _user_text(tokenizer, prompt)}],
+        enable_thinking=False,
+    )
+    ids = render_teacher_context(tokenizer, reason_first, "release")
+    assert ids[: len(expected_prompt) + len(analysis)] == expected_prompt + analysis
+
+
+def _user_text(tokenizer, ids: list[int]) -> str:
+    """The one user turn's text of a ChatML prompt rendered from [user] alone."""
+    text = tokenizer.decode(ids)
+    return text.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]

@@ -222,3 +222,38 @@ def test_thinking_flags_render_alike_in_library_and_service(thinking_teacher):
         library = render_teacher_context(tokenizer, request, body.get("template_version", "release"))
         assert library == result["context_ids"], body
         assert (EMPTY_THINK in tokenizer.decode(library)) == off, body
+
+
+def test_student_messages_render_as_the_student_saw_them(thinking_teacher, reference_model):
+    """A student prompt sent as chat messages with `chat_template_kwargs`: the `none` context is the
+    tokenizer's own `apply_chat_template` of them, its scores a plain forward after exactly those ids,
+    and every answer mode renders on the service as in the library."""
+    teacher, tokenizer = thinking_teacher
+    model, _ = reference_model  # the same weights; only the chat template differs
+    messages = [
+        {"role": "system", "content": "You are a careful physics tutor. Answer in SI units."},
+        {"role": "user", "content": "How far does light travel in 1 ns?"},
+        {"role": "assistant", "content": "About 0.3 m."},
+        {"role": "user", "content": QUESTION},
+    ]
+    student = {"messages": messages, "chat_template_kwargs": {"enable_thinking": False}}
+    bodies = [
+        _body("none", **student),
+        _body("rubric+reference", **student),
+        _body("rubric+reference", rationale_ids=_raw(tokenizer, ANALYSIS), teacher_thinking=True, **student),
+        _body("rubric", template_version="v1", rationale=ANALYSIS, **student),
+    ]
+    results = _contexts(teacher, bodies)
+    for body, result in zip(bodies, results, strict=True):
+        request = TeacherRequest.model_validate(body)
+        library = render_teacher_context(tokenizer, request, body.get("template_version", "release"))
+        assert library == result["context_ids"], body
+        assert tokenizer.decode(library).startswith("<|im_start|>system\nYou are a careful physics tutor.")
+    seen = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False)
+    assert results[0]["context_ids"] == list(seen["input_ids"]) and EMPTY_THINK in tokenizer.decode(
+        seen["input_ids"]
+    )
+    rows = plain_logprobs(model, list(seen["input_ids"]), COMPLETION)
+    assert_matches_reference(
+        results[0]["completions"][0], rows, COMPLETION, 0, TOLERANCE[results[0]["backend"]]
+    )

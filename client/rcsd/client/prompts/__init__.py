@@ -18,6 +18,7 @@ Only jinja2 here (no torch): the client package renders what the services render
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -92,15 +93,21 @@ def designer_prompt_text(
 
 
 def chat_prompt_ids(
-    tokenizer: Any, messages: list[Message], enable_thinking: bool | None = None
+    tokenizer: Any,
+    messages: list[Message],
+    enable_thinking: bool | None = None,
+    template_kwargs: Mapping[str, object] | None = None,
 ) -> list[int]:
     """`messages` rendered with the model's chat template, ending in the assistant generation prompt.
 
     Rendered as text, then tokenized without special tokens: the chat template already wrote them, and
-    a tokenizer that adds a BOS would otherwise add a second one. `enable_thinking` goes to the chat
-    template (Qwen3 reads it) unless None.
+    a tokenizer that adds a BOS would otherwise add a second one. `template_kwargs` go to the chat
+    template as vLLM's `chat_template_kwargs` do; `enable_thinking` (Qwen3 reads it) overrides theirs
+    unless None.
     """
-    options = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    options = dict(template_kwargs or {})
+    if enable_thinking is not None:
+        options["enable_thinking"] = enable_thinking
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **options)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -18,6 +18,13 @@ Two layouts, chosen by the parts a template version holds:
   request, assistant: rationale, user: transition], all in chat turns.
 The rubric writer's modes render the rubric writer's prompt in both (Stage I).
 
+The student's prompt is the request's `messages` when it has them (a system prompt, few-shot turns, the
+question last), else the version's student prompt template. `none` renders exactly it; in the answer
+modes its turns before the question lead the teacher's context unchanged, the teacher's privileged
+turn takes the question's place, and v1's transition repeats the question turn's text. The request's
+`chat_template_kwargs` go to every chat render; a `*_thinking` flag overrides `enable_thinking` in
+its own part.
+
 Every piece is tokenized on its own and the ids concatenated, as the release does: the rationale ids
 are kept exactly as sampled, and the transition is tokenized alone (`add_special_tokens=False`).
 """
@@ -25,6 +32,7 @@ are kept exactly as sampled, and the transition is tokenized alone (`add_special
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -103,6 +111,13 @@ def _release_values(
     }
 
 
+def student_messages(request: TeacherRequest, version: str) -> list[Message]:
+    """The student's prompt as it saw it: the request's `messages`, else `version`'s student prompt."""
+    if request.messages is not None:
+        return [{"role": m.role, "content": m.content} for m in request.messages]
+    return [{"role": "user", "content": student_prompt_text(request.question, version)}]
+
+
 def analysis_prompt_ids(
     tokenizer: Any,
     *,
@@ -112,9 +127,13 @@ def analysis_prompt_ids(
     rubric: list[Criterion] | None = None,
     version: str,
     enable_thinking: bool | None = None,
+    earlier_turns: list[Message] | None = None,
+    template_kwargs: Mapping[str, object] | None = None,
 ) -> list[int]:
     """The prompt a rationale (the release's "analysis") is sampled after, ending in the generation
     prompt; in the release layout the teacher's reason-first context starts with exactly these ids.
+    `earlier_turns`: the student's messages before its question (system prompt, few-shot turns), which
+    lead it; `template_kwargs`: the chat template's options (`enable_thinking` overrides theirs).
 
     The trainer samples its analysis after them with the student's weights, as the release does.
     Deliberately not mirrored: the release decodes this prompt with `skip_special_tokens=True` before
@@ -126,16 +145,34 @@ def analysis_prompt_ids(
             "context_mode", f"a rationale needs a privileged answer mode, not {context_mode!r}"
         )
     templates = teacher_templates(version)
+    earlier = list(earlier_turns or [])
     if templates.has(RELEASE_MARKER):
         values = _release_values(question, context_mode, reference_answer, rubric)
         text = templates.render_exact("privileged_context", **values) + templates.render_exact(
             "reason_first", **values
         )
-        return chat_prompt_ids(tokenizer, [{"role": "user", "content": text}], enable_thinking)
+        turns = [*earlier, {"role": "user", "content": text}]
+        return chat_prompt_ids(tokenizer, turns, enable_thinking, template_kwargs)
     return chat_prompt_ids(
         tokenizer,
-        _chat_analysis_messages(templates, question, context_mode, reference_answer, rubric),
+        [*earlier, *_chat_analysis_messages(templates, question, context_mode, reference_answer, rubric)],
         enable_thinking,
+        template_kwargs,
+    )
+
+
+def request_analysis_prompt_ids(tokenizer: Any, request: TeacherRequest, version: str) -> list[int]:
+    """`analysis_prompt_ids` of a request's context: what its rationale is (or is to be) written after."""
+    return analysis_prompt_ids(
+        tokenizer,
+        question=request.question,
+        context_mode=request.context_mode,
+        reference_answer=request.reference_answer,
+        rubric=request.rubric,
+        version=version,
+        enable_thinking=request.analysis_thinking,
+        earlier_turns=student_messages(request, version)[:-1],
+        template_kwargs=request.chat_template_kwargs,
     )
 
 
@@ -161,16 +198,19 @@ def render_teacher_context(
         return chat_prompt_ids(
             tokenizer, _rubric_writer_messages(request, version, rubric_version), request.teacher_thinking
         )
+    options = request.chat_template_kwargs
     if mode == "none":
-        prompt = student_prompt_text(request.question, version)
-        return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}], request.student_thinking)
+        return chat_prompt_ids(
+            tokenizer, student_messages(request, version), request.student_thinking, options
+        )
     if templates.has(RELEASE_MARKER):
         return _release_context(tokenizer, templates, request, text)
     if request.rationale_ids is not None:
         raise ContextError(
             "rationale_ids", f"template version {version!r} (chat layout) takes a rationale as text"
         )
-    return chat_prompt_ids(tokenizer, _chat_messages(templates, request, text), request.teacher_thinking)
+    messages = _chat_messages(templates, request, text)
+    return chat_prompt_ids(tokenizer, messages, request.teacher_thinking, options)
 
 
 def _release_context(
@@ -179,17 +219,13 @@ def _release_context(
     values = _release_values(request.question, request.context_mode, request.reference_answer, request.rubric)
     privileged = templates.render_exact("privileged_context", **values)
     if rationale is None and request.rationale_ids is None:  # the release without --reason_first
-        user = privileged + templates.render_exact("guidance", **values)
-        return chat_prompt_ids(tokenizer, [{"role": "user", "content": user}], request.teacher_thinking)
-    prompt_ids = analysis_prompt_ids(
-        tokenizer,
-        question=request.question,
-        context_mode=request.context_mode,
-        reference_answer=request.reference_answer,
-        rubric=request.rubric,
-        version=templates.version,
-        enable_thinking=request.analysis_thinking,
-    )
+        guidance = templates.render_exact("guidance", **values)
+        turns = [
+            *student_messages(request, templates.version)[:-1],
+            {"role": "user", "content": privileged + guidance},
+        ]
+        return chat_prompt_ids(tokenizer, turns, request.teacher_thinking, request.chat_template_kwargs)
+    prompt_ids = request_analysis_prompt_ids(tokenizer, request, templates.version)
     # Deliberately not mirrored: the release slices the first few analysis tokens off (its prompt
     # length counts the special tokens its decode dropped, rcsd_trainer_reward.py L1426-1427); here
     # the analysis is kept whole.
@@ -225,13 +261,14 @@ def _chat_analysis_messages(
 
 
 def _chat_messages(templates: TemplateSet, request: TeacherRequest, rationale: str | None) -> list[Message]:
-    student_prompt = student_prompt_text(request.question, templates.version)
-    transition = templates.render("transition", student_prompt=student_prompt)
+    *earlier, question_turn = student_messages(request, templates.version)
+    transition = templates.render("transition", student_prompt=question_turn["content"])
     args = (request.question, request.context_mode, request.reference_answer, request.rubric)
     if rationale is None:
         privileged = _chat_privileged(templates, *args)
-        return [{"role": "user", "content": privileged + "\n\n" + transition}]
+        return [*earlier, {"role": "user", "content": privileged + "\n\n" + transition}]
     return [
+        *earlier,
         *_chat_analysis_messages(templates, *args),
         {"role": "assistant", "content": rationale},
         {"role": "user", "content": transition},

@@ -13,8 +13,8 @@ from typing import Any
 from rcsd.client.prompts import designer_template
 from rcsd.client.prompts.teacher_context import (
     ContextError,
-    analysis_prompt_ids,
     render_teacher_context,
+    request_analysis_prompt_ids,
     teacher_templates,
 )
 from rcsd.client.protocol import CONTEXT_MODES, RUBRIC_WRITER_MODES, TeacherRequest
@@ -62,14 +62,6 @@ class TeacherContext:
     def analysis_prompt(self, request: TeacherRequest, prefix: str) -> list[int]:
         """The ids an `auto` rationale is written after (the context starts with them in `release`)."""
         try:
-            return analysis_prompt_ids(
-                self.tokenizer,
-                question=request.question,
-                context_mode=request.context_mode,
-                reference_answer=request.reference_answer,
-                rubric=request.rubric,
-                version=self.template_of(request),
-                enable_thinking=request.analysis_thinking,
-            )
+            return request_analysis_prompt_ids(self.tokenizer, request, self.template_of(request))
         except ContextError as exc:
             raise invalid(prefix + exc.field, exc.message) from exc
