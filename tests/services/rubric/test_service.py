@@ -115,6 +115,7 @@ def test_concurrent_identical_requests_generate_once(server):
         ({"question": "q", "temperature": -1}, "temperature", "greater than or equal to 0"),
         ({"question": "q", "max_tokens": 10**6}, "max_tokens", "8192"),
         ({"question": "q", "max_tokens": 8000}, "max_tokens", "max_model_len 4096"),
+        ({"question": "q", "max_tokens": 100}, "max_tokens", "bounds.min_criteria 3"),  # the grammar's budget
         ({"question": "q", "colour": "red"}, "colour", "xtra"),
     ],
 )
@@ -126,7 +127,7 @@ def test_bad_input_is_422_naming_the_field(server, body, field, text):
 
 
 def test_a_request_that_cannot_succeed_fails_alone_every_time(server):
-    """A cut-off rubric (max_tokens 16) fails every attempt; over max_model_len fails before any work."""
+    """A budget that cannot hold the grammar (max_tokens 16) and one over max_model_len fail before any work."""
     requests = [
         ask("Why is the sky blue?"),
         {"question": "What is a vector?", "bounds": {"min_criteria": 5, "max_criteria": 5}, "max_tokens": 16},
@@ -138,7 +139,8 @@ def test_a_request_that_cannot_succeed_fails_alone_every_time(server):
         items = RubricBatchResponse.model_validate_json(r.content).results
         assert [item.ok for item in items] == [True, False, False]
         assert_valid(items[0].result.model_dump())
-        assert items[1].error.type == "rubric_generation_failed" and items[1].error.status == 422
+        assert items[1].error.field == "requests.1.max_tokens" and items[1].error.status == 422
+        assert "needs max_tokens >= " in items[1].error.message
         assert (
             items[2].error.field == "requests.2.max_tokens" and "max_model_len 4096" in items[2].error.message
         )

@@ -25,7 +25,13 @@ from rcsd.client.protocol import (
     ServiceInfo,
     rubric_problems,
 )
-from rcsd.client.protocol.rubric_format import generation_schema, to_criteria
+from rcsd.client.protocol.rubric_format import (
+    RELEASE_VERSION,
+    RubricBudgetError,
+    generation_schema,
+    parse_release_rubric,
+    to_criteria,
+)
 from rcsd.services.engines.base import Engine, GenerationParams
 from rcsd.services.kit.admission import Admission
 from rcsd.services.kit.batch import checked, settle
@@ -56,6 +62,9 @@ class RubricService:
         self.metrics = metrics
         designer_template(settings.template_version)  # a version without a designer prompt fails at start
         self.template_version = f"rubric-{settings.template_version}"
+        # The released recipe's generator thinks first and writes a free JSON array; rcsd's own
+        # versions are constrained by a grammar from the first token, which leaves no room to think.
+        self.think_first = settings.template_version == RELEASE_VERSION
         self._generating: SingleFlight[tuple[StoredRubric, bool]] = SingleFlight()
 
     def info(self) -> ServiceInfo:
@@ -165,8 +174,9 @@ class RubricService:
     async def _sample_valid(
         self, request: RubricRequest, prompt_ids: list[int]
     ) -> tuple[list[Criterion], int]:
-        """Constrained decoding guarantees the JSON shape; semantic checks may still fail: resample."""
-        schema = generation_schema(request.bounds)
+        """Constrained decoding guarantees the JSON shape; semantic checks may still fail: resample.
+        Think-first output may not parse at all (cut off while thinking): resample too."""
+        schema = None if self.think_first else generation_schema(request.bounds, request.max_tokens)
         failures: list[str] = []
         for attempt in range(self.settings.max_attempts):
             temperature = request.temperature if attempt == 0 else max(request.temperature, RETRY_TEMPERATURE)
@@ -177,7 +187,7 @@ class RubricService:
                 json_schema=schema,
             )
             [text] = await self.engine.generate([prompt_ids], params)
-            criteria, problem = _checked(text, request)
+            criteria, problem = _released(text, request) if self.think_first else _checked(text, request)
             if criteria is not None:
                 return criteria, attempt + 1
             failures.append(f"attempt {attempt + 1}: {problem}")
@@ -197,7 +207,18 @@ class RubricService:
             request.bounds.max_criteria,
             self.settings.template_version,
         )
-        prompt_ids = chat_prompt_ids(self.engine.tokenizer, [{"role": "user", "content": text}])
+        # Think-first: the chat template's default, as the release renders it (Qwen3: thinking on).
+        # Constrained: the template told not to think (Qwen3 writes an empty think block), as the
+        # grammar forbids it from the first token anyway.
+        thinking = None if self.think_first else False
+        prompt_ids = chat_prompt_ids(
+            self.engine.tokenizer, [{"role": "user", "content": text}], enable_thinking=thinking
+        )
+        if not self.think_first:
+            try:
+                generation_schema(request.bounds, request.max_tokens)
+            except RubricBudgetError as exc:
+                raise invalid(f"{prefix}max_tokens", str(exc)) from exc
         limit = self.engine.info.max_model_len
         if len(prompt_ids) + request.max_tokens > limit:
             raise invalid(
@@ -219,3 +240,22 @@ def _checked(text: str, request: RubricRequest) -> tuple[list[Criterion] | None,
         )
     problems = rubric_problems(criteria, request.bounds)
     return (None, "; ".join(problems)) if problems else (criteria, "")
+
+
+def _released(text: str, request: RubricRequest) -> tuple[list[Criterion] | None, str]:
+    """The rubric if the release's parse finds one with a count within the bounds, else why not.
+
+    Only what the release checks (a non-empty array of criteria) and the count: rcsd's further
+    semantic checks (a pitfall, no weight 0, distinct titles, 40 words) are rcsd's, not the release's.
+    """
+    try:
+        criteria = parse_release_rubric(text)
+    except ValueError as exc:
+        return None, f"output did not parse ({exc}; cut off while thinking? max_tokens {request.max_tokens})"
+    count = len(criteria)
+    if not request.bounds.min_criteria <= count <= request.bounds.max_criteria:
+        return (
+            None,
+            f"criteria count {count} outside [{request.bounds.min_criteria}, {request.bounds.max_criteria}]",
+        )
+    return criteria, ""
