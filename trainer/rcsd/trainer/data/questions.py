@@ -2,7 +2,8 @@
 
 Small MIT-licensed slices (SciBench, MMLU) ship in `rcsd/trainer/data/`; `load_questions` takes file
 paths or the names of those slices ("scibench_train", "mmlu_physics_heldout", ...). GPQA is never shipped:
-read it from `../shared/data/science/gpqa_diamond.jsonl` at run time.
+read it from `../shared/data/science/gpqa_diamond.jsonl` at run time. The released recipe's data
+(RubricHub, RaR-Science: JSONL, JSON, Parquet, `save_to_disk` folders) loads too (`rcsd.trainer.data.release`).
 """
 
 from __future__ import annotations
@@ -104,9 +105,10 @@ def shipped_sets() -> dict[str, Path]:
 
 
 def resolve_data_path(path_or_name: str | Path) -> Path:
-    """An existing file, else a shipped slice of that name; a FileNotFoundError naming both options."""
+    """An existing file (or `save_to_disk` folder), else a shipped slice of that name; a FileNotFoundError
+    naming both options."""
     path = Path(path_or_name)
-    if path.is_file():
+    if path.exists():
         return path
     shipped = shipped_sets()
     if str(path_or_name) in shipped:
@@ -115,10 +117,16 @@ def resolve_data_path(path_or_name: str | Path) -> Path:
 
 
 def load_questions(paths: Sequence[str | Path]) -> list[Question]:
-    """All questions of the JSONL files (or shipped slice names), in order; ids must be unique."""
+    """All questions of the JSONL files (or shipped slice names, or files in the release's formats), in
+    order; ids must be unique."""
+    from rcsd.trainer.data.release import is_release_file, release_questions  # it imports this module
+
     questions: list[Question] = []
     for spec in paths:
         path = resolve_data_path(spec)
+        if is_release_file(path):
+            questions += release_questions(path)
+            continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
