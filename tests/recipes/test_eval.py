@@ -89,3 +89,25 @@ def test_scoring_greedy_and_pass_at_1(tiny_model_dir: Path):
     result = evaluate_set(sampled, tokenizer, "t", questions, 1.0, EvalSettings(n=2), progress=False)
     assert result.accuracy == pytest.approx((0.5 + 1 + 1) / 3)
     assert [q["right"] for q in result.per_question] == [1, 2, 2]
+
+
+class RecordingEngine(ScriptedEngine):
+    """A ScriptedEngine that keeps the prompts it was asked to answer."""
+
+    def sample(self, prompts: list[list[int]], params: SamplingParams, n: int = 1) -> list[list[Rollout]]:
+        self.prompts = [*getattr(self, "prompts", []), *prompts]
+        return super().sample(prompts, params, n)
+
+
+def test_eval_asks_with_the_released_student_prompt_and_logs_progress_lines(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+):
+    """The student is evaluated on the prompt it trained on (the release's, the training default), and a
+    log (stderr not a terminal) gets the trainer's whole-line progress, not a carriage-return bar."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    [question] = [Question.model_validate(QUESTIONS[0])]
+    engine = RecordingEngine(tokenizer, [["\\boxed{19.6}"]])
+    evaluate_set(engine, tokenizer, "t", [question], 0.0, EvalSettings(), progress=True)
+    released = f"Question: {question.prompt_text}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+    assert released in tokenizer.decode(engine.prompts[0])
+    assert "t T=0: 1/1 answers" in capsys.readouterr().err

@@ -25,19 +25,20 @@ import argparse
 import contextlib
 import gc
 import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rcsd.client.prompts import TEMPLATE_VERSION
 from rcsd.recipes.stats import BOOTSTRAP_RESAMPLES, estimate
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.answers import read_answer
 from rcsd.trainer.config import JudgeConfig
 from rcsd.trainer.data.questions import Question, load_questions, resolve_data_path
 from rcsd.trainer.judge import RubricJudge
+from rcsd.trainer.metrics import progress_bar
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rollout.base import Rollout, RolloutEngine, SamplingParams
 
@@ -52,7 +53,7 @@ class EvalSettings:
     top_k: int = 0
     seed: int = 0
     batch_size: int = 16  # rows (questions x samples) per generate call
-    template_version: str = "v1"
+    template_version: str = TEMPLATE_VERSION  # the released student prompt, as training uses by default
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES  # the interval's resamples (seeded with `seed`)
     judge: JudgeConfig | None = None  # grades free-form questions; None: they are refused
 
@@ -93,7 +94,7 @@ def evaluate_set(
     per_chunk = (len(questions) or 1) if _is_server(engine) else max(1, settings.batch_size // n)
     started = time.perf_counter()
     rollouts: list[list[Rollout]] = []
-    with progress_bar(len(questions) * n, f"{name} T={temperature:g}", progress) as bar:
+    with progress_bar(len(questions) * n, f"{name} T={temperature:g}", progress, unit="answer") as bar:
         for first in range(0, len(questions), per_chunk):
             chunk = questions[first : first + per_chunk]
             prompts = [student_prompt_ids(tokenizer, q.prompt_text, settings.template_version) for q in chunk]
@@ -168,39 +169,6 @@ def _is_server(engine: RolloutEngine) -> bool:
     return isinstance(engine, VllmRollout)
 
 
-class _LineProgress:
-    """A progress bar for logs (not a terminal): one line per tenth done, with the elapsed time."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.done, self.shown = total, desc, 0, -1
-        self.started = time.perf_counter()
-
-    def update(self, count: int) -> None:
-        self.done += count
-        tenth = 10 * self.done // max(1, self.total)
-        if tenth > self.shown:
-            self.shown = tenth
-            elapsed = time.perf_counter() - self.started
-            print(
-                f"{self.desc}: {self.done}/{self.total} answers, {elapsed:.0f} s", file=sys.stderr, flush=True
-            )
-
-    def __enter__(self) -> _LineProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    """tqdm on a terminal, one line per tenth in a log, nothing when disabled."""
-    from tqdm import tqdm
-
-    if enabled and not sys.stderr.isatty():
-        return _LineProgress(total, desc)
-    return tqdm(total=total, desc=desc, unit="answer", disable=not enabled)
-
-
 def load_model(model: str, adapter: str | None, dtype: str, device: str) -> tuple[Any, Any, str]:
     """The model (with the peft adapter merged in, if any), its tokenizer and why this dtype."""
     import torch
@@ -256,7 +224,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--template-version", default="v1")
+    parser.add_argument("--template-version", default=TEMPLATE_VERSION)
     parser.add_argument("--bootstrap-resamples", type=int, default=BOOTSTRAP_RESAMPLES)
     parser.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
                         help="auto: a vLLM server started here where vLLM is installed, else hf")  # fmt: skip
