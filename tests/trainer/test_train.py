@@ -4,7 +4,7 @@
   (`none`) and LoRA starting as the identity, the first step's KL and loss are 0;
 - an RCSD run logs every metric, checkpoints, draws its curves, and a run resumed from its step-2
   checkpoint ends with the same weights as the run that never stopped;
-- two gloo ranks give the same weights as one process on the same global batch;
+- (two gloo ranks, DDP and FSDP: tests/trainer/test_distributed.py)
 - OPSD and GRPO run in the same loop; a group the teacher itself refuses fails the step instead of
   training on the groups it scored.
 """
@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import httpx
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from rcsd.client import BadRequestError
 from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
-from rcsd.trainer.config import TrainConfig, load_config
+from rcsd.trainer.config import load_config
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.train import CONFIG_FILE, main
 from tests.fixtures.services import QUESTIONS
@@ -88,54 +86,6 @@ def test_rcsd_run_logs_checkpoints_and_resumes_exactly(
     assert resumed.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank(rank: int, config_json: str, port: int) -> None:
-    import os
-
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    torch.set_num_threads(1)
-    main(TrainConfig.model_validate_json(config_json))
-
-
-def test_two_gloo_ranks_equal_one_process(tiny_model_dir, trainer_services, questions_file, tmp_path):
-    # Adam's first steps divide each gradient by its own size, which turns float-rounding noise in a
-    # near-zero gradient (summed in another order over ranks) into a full +-lr step; a large eps keeps
-    # the update proportional to the gradient, so the weights compare the summed gradients.
-    fields = {
-        "prompts_per_step": 4,
-        "rollouts_per_prompt": 2,
-        "sampling": {"max_new_tokens": 5},
-        "adam_eps": 1.0,
-    }
-    single = answer_config(tiny_model_dir, trainer_services, questions_file, tmp_path / "one", **fields)
-    main(single)
-    double = single.model_copy(update={"output_dir": str(tmp_path / "two")})
-    mp.spawn(_rank, args=(double.model_dump_json(), _free_port()), nprocs=2, join=True)
-
-    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    for a, b in zip(one, two, strict=True):  # the same global batch: same tokens, same loss
-        assert a["rollout_tokens"] == b["rollout_tokens"]
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
-    expected, got = adapter_weights(tmp_path / "one", 2), adapter_weights(tmp_path / "two", 2)
-    moved = [t.abs().max().item() for n, t in expected.items() if "lora_B" in n]  # B starts at 0
-    assert min(moved) > 1e-5, moved
-    for name, tensor in expected.items():
-        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-8, msg=name)
 
 
 def test_opsd_and_grpo_in_the_same_loop(tiny_model_dir, trainer_services, questions_file, tmp_path):

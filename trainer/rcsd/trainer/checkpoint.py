@@ -64,10 +64,12 @@ def save(
     is_lora: bool,
     rank: int,
     barrier: Any,
+    model_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Every rank writes its RNG states; rank 0 the weights and state, then the marker last.
 
-    `barrier` (a no-op in a single process) separates the ranks' writes from the marker.
+    `barrier` (a no-op in a single process) separates the ranks' writes from the marker;
+    `model_state`, when given, is the full state dict to save (an FSDP-sharded model's, gathered).
     """
     if rank == 0:
         if checkpoint.exists():  # a partial one from a killed run (no marker): replace it
@@ -76,7 +78,7 @@ def save(
     barrier()
     torch.save(_rng_states(), checkpoint / f"rng-rank{rank}.pt")
     if rank == 0:
-        model.save_pretrained(checkpoint / (ADAPTER_DIR if is_lora else MODEL_DIR))
+        model.save_pretrained(checkpoint / (ADAPTER_DIR if is_lora else MODEL_DIR), state_dict=model_state)
         if not is_lora:
             tokenizer.save_pretrained(checkpoint / MODEL_DIR)
         torch.save(

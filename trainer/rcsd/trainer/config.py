@@ -44,6 +44,13 @@ class LoraConfig(_Section):
     )
 
 
+class DistributedConfig(_Section):
+    """Under torchrun (rcsd.trainer.distributed): `ddp` replicates the student (LoRA, small models),
+    `fsdp` shards weights, gradients and Adam states with FSDP2 (full fine-tuning of an 8B student)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+
 class SamplingConfig(_Section):
     """How the student samples its rollouts (truncated answers are kept)."""
 
@@ -51,6 +58,9 @@ class SamplingConfig(_Section):
     temperature: float = Field(default=1.2, gt=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int = Field(default=20, ge=0)
+    # all of a rank's prompts for the step in one batch (the same tokens: each request keeps its seed);
+    # false samples one prompt at a time, the baseline of bench/trainer_step.py
+    batched: bool = True
     # the student's prompt (rcsd.client.prompts student_prompt/<version>); the teacher renders the same
     # version (sent with each request): release = the released RCSD texts, v1 = rcsd's earlier ones
     prompt_version: str = "release"
@@ -161,10 +171,11 @@ class TrainConfig(_Section):
     # rubrics' questions (`data`: reference-rubric files, or none for the shipped ones; rcsd.trainer.rubric_writing)
     stage: Literal["reasoner", "rubric_generator"] = "reasoner"
     model: str = Field(default="default", description='a folder, a HF id, or "default" (bundled SmolLM2)')
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"  # float64: exactness tests
     device: str = Field(default="auto", description="cpu, cuda, or auto")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     # optimisation
     lr: float = Field(default=5e-6, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -225,6 +236,10 @@ class TrainConfig(_Section):
             raise ValueError(f"loss {self.loss.name} needs the teacher's top-k: set teacher.top_k >= 1")
         if self.rubric.min_criteria > self.rubric.max_criteria:
             raise ValueError("rubric.min_criteria must not exceed rubric.max_criteria")
+        if self.distributed.strategy == "fsdp" and self.lora.enabled:
+            raise ValueError("distributed.strategy fsdp is for full fine-tuning: set lora.enabled false")
+        if self.distributed.strategy == "fsdp" and self.probe.data:
+            raise ValueError("the probe runs on rank 0 alone, which a sharded (fsdp) student cannot")
         writer_mode = self.teacher.context_mode in RUBRIC_WRITER_MODES
         if self.stage == "rubric_generator" and (self.method != "rcsd" or not writer_mode):
             raise ValueError(

@@ -62,7 +62,8 @@ def _topk_log_distributions(
     """
     valid_B_T_K = in_vocab_B_T_K & torch.isfinite(teacher_topk_logprobs_B_T_K)
     student_B_T_K = _wide(student_topk_logits_B_T_K) / tau
-    teacher_B_T_K = torch.where(valid_B_T_K, _wide(teacher_topk_logprobs_B_T_K), 0.0) / tau
+    teacher_wide_B_T_K = _wide(teacher_topk_logprobs_B_T_K).to(student_B_T_K.dtype)  # a float64 student too
+    teacher_B_T_K = torch.where(valid_B_T_K, teacher_wide_B_T_K, 0.0) / tau
     floor = torch.finfo(student_B_T_K.dtype).min / 4  # finite, so 0 * (floor - floor) stays 0
     teacher_logp_B_T_K = teacher_B_T_K.masked_fill(~valid_B_T_K, floor).log_softmax(-1)
     student_logq_B_T_K = student_B_T_K.masked_fill(~valid_B_T_K, floor).log_softmax(-1)

@@ -15,7 +15,8 @@ One RCSD step, per rank (each its share of the step's questions):
 3. per group, the student's logits on the same positions, the loss on the teacher's top-K, backward;
    each group's loss is weighted by its tokens / the step's global token count, so the update is the
    loss averaged over every valid completion token of every rank;
-4. gradients summed over ranks, optimizer step, the rollout engine follows the new weights.
+4. gradients summed over ranks (torch DDP or FSDP2, `distributed.strategy`), optimizer step, the
+   rollout engine follows the new weights.
 Stage I (`stage: rubric_generator`) is the same loop on another task (`rcsd.trainer.tasks`): the student
 writes rubrics and the teacher sees reference rubrics. OPSD is the same with
 `teacher.context_mode=reference` (no rubrics); GRPO replaces the teacher with the
@@ -47,7 +48,7 @@ from rcsd.trainer.judge import judge_for, judged_reward
 from rcsd.trainer.metrics import NullLogger, RunLogger, plot_curves
 from rcsd.trainer.rollout import HfRollout, Rollout, RolloutEngine, SamplingParams
 from rcsd.trainer.service_calls import Rubric, Scored, ServiceCalls
-from rcsd.trainer.student import CompletionScores, Student, load_student, score_completions
+from rcsd.trainer.student import CompletionScores, Student, load_student
 from rcsd.trainer.tasks import AnsweringQuestions, Task, make_task
 
 CONFIG_FILE = "config.yaml"
@@ -79,6 +80,7 @@ class Run:
     order: DataOrder
     first_step: int
     position: int  # the data position of `first_step`
+    parallel: distributed.Parallel  # the loss forward, gradient sync and checkpoint states over ranks
     run_dir: Path | None = None  # where the step's records go (the reason-first analyses)
 
     def step_questions(self, step: int) -> list[tuple[int, Question]]:
@@ -152,7 +154,9 @@ def _start(
     run_dir: Path,
     resume_from: Path | None,
 ) -> Run:
-    """The optimiser and schedule (restored from `resume_from`), the data order and the rollout engine."""
+    """The student under DDP / FSDP, its optimiser and schedule (restored from `resume_from`), the data
+    order and the rollout engine."""
+    parallel = distributed.Parallel(student.model, config.distributed.strategy, dist)  # before the optimiser
     optimizer = torch.optim.AdamW(
         student.trainable,
         lr=config.lr,
@@ -164,10 +168,9 @@ def _start(
     first_step, position = 0, 0
     if resume_from is not None:
         state = ckpt.load_state(resume_from, dist.rank)  # RNG states restored here
-        optimizer.load_state_dict(state.optimizer)
+        parallel.load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         first_step, position = state.step, state.data_position
-    dist.broadcast_parameters(student.trainable)
     order = DataOrder(len(task.questions), config.seed)
     engine = _rollout_engine(config, student, dist, run_dir)
     return Run(
@@ -182,6 +185,7 @@ def _start(
         order,
         first_step,
         position,
+        parallel,
         run_dir,
     )
 
@@ -221,15 +225,15 @@ def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]
         scored = scoring[i].result() if scoring else None
         times["teacher_wait"] += time.perf_counter() - started
         started = time.perf_counter()
-        loss, weight = _group_loss(config, run.student, group, scored, sums)
-        (loss * weight / max(global_tokens, 1.0)).backward()
+        with run.parallel.accumulate(sync=i == len(groups) - 1):  # DDP all-reduces on the last
+            loss, weight = _group_loss(config, run.student, run.parallel, group, scored, sums)
+            (loss * weight / max(global_tokens, 1.0)).backward()
         times["student"] += time.perf_counter() - started
 
     # 4. one optimizer step on the global average, then the rollout engine follows the new weights
     started = time.perf_counter()
-    run.dist.sum_gradients(run.student.trainable)
     if config.grad_clip is not None:
-        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(run.student.trainable, config.grad_clip))
+        sums["grad_norm"] = run.parallel.clip_grad_norm(config.grad_clip)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -270,7 +274,7 @@ def _sample_groups(
     ]
     done: dict[int, Group] = {}
     futures: dict[int, Future[Scored]] = {}
-    for i, rollouts in _stream(run.engine, requests, config.rollouts_per_prompt):
+    for i, rollouts in _stream(run.engine, requests, config.rollouts_per_prompt, config.sampling.batched):
         (pos, question), rubric, analysis = mine[i], rubrics[i], analyses[i]
         done[i] = Group(pos, question, rollouts, rubric, analysis)
         if config.overlap and run.has_teacher:  # each group is scored as soon as it finishes
@@ -284,12 +288,12 @@ def _sample_groups(
 
 
 def _stream(
-    engine: Any, requests: list[tuple[list[int], SamplingParams]], n: int
+    engine: Any, requests: list[tuple[list[int], SamplingParams]], n: int, batched: bool
 ) -> Iterator[tuple[int, list[Rollout]]]:
     """`(index, rollouts)` per request as each finishes: all at once where the engine streams
-    (`sample_stream`: hf batches them, vLLM sends them together), else one request at a time.
-    Each request keeps its own seed, so the tokens do not depend on the batching."""
-    if hasattr(engine, "sample_stream"):
+    (`sample_stream`: hf batches them, vLLM sends them together) and `batched`, else one request
+    at a time. Each request keeps its own seed, so the tokens do not depend on the batching."""
+    if batched and hasattr(engine, "sample_stream"):
         yield from engine.sample_stream(requests, n)
         return
     for i, (prompt, params) in enumerate(requests):
@@ -309,7 +313,7 @@ def _maybe_checkpoint(run: Run, done: int, run_dir: Path) -> None:
     state = ckpt.TrainerState(
         step=done,
         data_position=run.position + (done - run.first_step) * config.prompts_per_step,
-        optimizer=run.optimizer.state_dict(),
+        optimizer=run.parallel.optimizer_state(run.optimizer),  # every rank: a collective under fsdp
         scheduler=run.scheduler.state_dict(),
     )
     ckpt.save(
@@ -320,6 +324,7 @@ def _maybe_checkpoint(run: Run, done: int, run_dir: Path) -> None:
         is_lora=run.student.is_lora,
         rank=run.dist.rank,
         barrier=run.dist.barrier,
+        model_state=run.parallel.full_state(),  # fsdp: gathered on rank 0; else the model's own
     )
 
 
@@ -367,19 +372,23 @@ def _ids(group: Group) -> list[list[int]]:
 
 
 def _group_loss(
-    config: TrainConfig, student: Student, group: Group, scored: Scored | None, sums: dict[str, float]
+    config: TrainConfig,
+    student: Student,
+    parallel: distributed.Parallel,
+    group: Group,
+    scored: Scored | None,
+    sums: dict[str, float],
 ) -> tuple[torch.Tensor, float]:
     """The group's loss (a mean over its valid tokens) and its token count; adds its metrics to `sums`."""
     completions = _ids(group)
     pad_id = student.tokenizer.pad_token_id or 0
     teacher = to_padded_tensors([scored.response]) if scored is not None else None
-    scores = score_completions(
-        student.model,
+    scores = parallel.score(
         group.rollouts[0].prompt_ids,
         completions,
         pad_id,
         None if teacher is None else teacher.get("topk_ids_B_T_K"),
-        chunk_size=config.loss.chunk_size,
+        config.loss.chunk_size,
     )
     logprobs_B_T, mask_B_T = scores.logprobs_B_T, scores.mask_B_T
     tokens = float(mask_B_T.sum())
