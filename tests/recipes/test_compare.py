@@ -114,7 +114,8 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, questions_file, tmp_path)
     untrained = tmp_path / "untrained.json"
     eval_main(["--model", str(tiny_model_dir), "--data", str(questions_file), "--limit", "2",
                "--max-new-tokens", "4", "--batch-size", "4", "--n", "4", "--dtype", "float32",
-               "--device", "cpu", "--backend", "hf", "--out", str(untrained), "--no-progress"])  # fmt: skip
+               "--device", "cpu", "--backend", "hf", "--out", str(untrained), "--no-progress",
+               "--template-version", "release"])  # fmt: skip  # the arms' prompt (sampling.prompt_version)
     base = json.loads((out / "arms" / "base" / "eval.json").read_text())
     assert base["adapter"] is None
     assert [r["per_question"] for r in base["results"]] == [

@@ -17,7 +17,10 @@ SLICES = {
     "mmlu_physics_heldout": 32,
     "mmlu_chemistry_heldout": 32,
     "mmlu_biology_heldout": 32,
+    "learnability_train": 24,
+    "learnability_heldout": 24,
 }
+MMLU = ("biology", "chemistry", "physics")
 
 
 def test_shipped_slices_load_and_are_disjoint():
@@ -29,7 +32,8 @@ def test_shipped_slices_load_and_are_disjoint():
         assert {q.source for q in questions} == {"scibench" if name.startswith("scibench") else "mmlu"}
         ids[name] = {q.id for q in questions}
     assert not ids["scibench_train"] & ids["scibench_heldout"]
-    assert len(load_questions(list(SLICES))) == sum(SLICES.values())
+    assert not ids["learnability_train"] & ids["learnability_heldout"]
+    assert len(load_questions([n for n in SLICES if not n.startswith("learnability")])) == 192
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/science is not beside the repository")
@@ -42,6 +46,9 @@ def test_slices_are_the_documented_selection_and_hold_no_gpqa():
     expected = {"scibench_train": scibench[:64], "scibench_heldout": scibench[64:96]}
     for subject in ("physics", "chemistry", "biology"):
         expected[f"mmlu_{subject}_heldout"] = by_hash(f"mmlu_{subject}.jsonl")[:32]
+    # the learnability experiment's sets: 8 of each MMLU slice to train on, the next 8 held out
+    expected["learnability_train"] = [q for s in MMLU for q in expected[f"mmlu_{s}_heldout"][:8]]
+    expected["learnability_heldout"] = [q for s in MMLU for q in expected[f"mmlu_{s}_heldout"][8:16]]
     shipped_text = ""
     for name, path in shipped_sets().items():
         assert path.read_text().splitlines() == expected[name]

@@ -67,6 +67,63 @@ def estimate(
     return Estimate(mean=mean, se=standard_error(per_question), low=low, high=high)
 
 
+# Student's t: the two-sided 95 % critical value t_{0.975, df} for df = 1..30 (standard tables).
+_T975 = (
+    12.706205,
+    4.302653,
+    3.182446,
+    2.776445,
+    2.570582,
+    2.446912,
+    2.364624,
+    2.306004,
+    2.262157,
+    2.228139,
+    2.200985,
+    2.178813,
+    2.160369,
+    2.144787,
+    2.131450,
+    2.119905,
+    2.109816,
+    2.100922,
+    2.093024,
+    2.085963,
+    2.079614,
+    2.073873,
+    2.068658,
+    2.063899,
+    2.059539,
+    2.055529,
+    2.051831,
+    2.048407,
+    2.045230,
+    2.042272,
+)
+
+
+def t_critical_95(df: int) -> float:
+    """t_{0.975, df}: the table up to 30, then the Cornish-Fisher expansion around z (error < 1e-4)."""
+    if df < 1:
+        raise ValueError("a t-interval needs at least two values (df >= 1)")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval over independent runs (seeds): mean ± t_{0.975, n-1} sd / sqrt(n).
+
+    Seeds, not questions, are the unit here: each value is one run's measure. (nan, nan) below two runs."""
+    array = np.asarray(values, dtype=np.float64)
+    mean = float(array.mean()) if array.size else math.nan
+    if array.size < 2:
+        return mean, math.nan, math.nan
+    half = t_critical_95(array.size - 1) * float(array.std(ddof=1)) / math.sqrt(array.size)
+    return mean, mean - half, mean + half
+
+
 def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Whether two closed intervals share a point (touching counts as overlapping)."""
     return a[0] <= b[1] and b[0] <= a[1]

@@ -101,6 +101,10 @@ class TeacherConfig(_Section):
     analysis_max_tokens: int = Field(default=4096, ge=1, description="reason_first: the analysis budget")
     thinking: bool | None = Field(default=None, description="enable_thinking of the teacher's context")
     analysis_thinking: bool | None = Field(default=None, description="enable_thinking of the analysis prompt")
+    # The control of the learnability experiment: "shifted" shows each training question the rubric of
+    # the next question of the training set (a cyclic shift: a real rubric, never its own), the rest of
+    # the context unchanged, so what the rubric itself teaches can be told from what the reference does.
+    rubric_of: Literal["own", "shifted"] = "own"
 
 
 class RubricConfig(_Section):
@@ -258,6 +262,8 @@ class TrainConfig(_Section):
                 "teacher.reason_first samples the teacher's analysis itself: it needs stage reasoner, a "
                 "teacher (not grpo), a privileged teacher.context_mode and no teacher.rationale"
             )
+        if self.teacher.rubric_of == "shifted" and not self.needs_rubrics:
+            raise ValueError("teacher.rubric_of shifted needs a teacher context that shows a rubric")
         if self.stage == "reasoner" and writer_mode:
             raise ValueError(
                 f"teacher.context_mode {self.teacher.context_mode} is for stage rubric_generator"

@@ -55,6 +55,12 @@ class AnsweringQuestions:
     def __init__(self, config: TrainConfig, calls: ServiceCalls) -> None:
         self.config, self.calls = config, calls
         self.questions = load_questions(config.data)[: config.data_limit]
+        self._rubric_source = {q.id: q for q in self.questions}  # whose rubric each question is shown
+        if config.teacher.rubric_of == "shifted":
+            if len(self.questions) < 2:
+                raise ValueError("teacher.rubric_of shifted needs at least two training questions")
+            shifted = self.questions[1:] + self.questions[:1]
+            self._rubric_source = {q.id: other for q, other in zip(self.questions, shifted, strict=True)}
 
     def prompt_ids(self, tokenizer: Any, question: Question) -> list[int]:
         sampling = self.config.sampling
@@ -76,7 +82,9 @@ class AnsweringQuestions:
         )
 
     def fetch_rubrics(self, questions: list[Question]) -> list[Future[Rubric]]:
-        return self.calls.fetch_rubrics(questions)
+        """The rubrics the teacher is shown: each question's own, or with `teacher.rubric_of: shifted`
+        the next training question's."""
+        return self.calls.fetch_rubrics([self._rubric_source.get(q.id, q) for q in questions])
 
     def score(
         self,

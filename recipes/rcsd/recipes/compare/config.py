@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rcsd.client.protocol import ContextMode
 from rcsd.trainer.config import JudgeConfig, TrainConfig, read_yaml_config
 
 ARMS_DIR = "arms"
@@ -32,7 +33,8 @@ SHARED_FIELDS = ("model", "dtype", "steps", "seed", "data", "data_limit", "sampl
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "rcsd": {},
     "opsd": {"teacher": {"context_mode": "reference"}},  # OPSD: the teacher sees the reference only
-    "grpo": {},  # rollouts_per_prompt: the comparison's grpo_group_size
+    # rollouts_per_prompt: the comparison's grpo_group_size; no teacher, so no reason-first analysis
+    "grpo": {"teacher": {"reason_first": False}},
 }
 
 
@@ -47,6 +49,9 @@ class ArmConfig(_Section):
     method: Literal["base", "rcsd", "opsd", "grpo"]
     label: str | None = Field(default=None, description="what the report calls it (default: name)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="nested TrainConfig fields")
+    # set by the comparison's `seeds` on each run it expands an arm into, not in a config file
+    group: str | None = Field(default=None, description="the arm this run is one seed of")
+    seed: int | None = Field(default=None, description="this run's training seed")
 
 
 class EvalConfig(_Section):
@@ -71,6 +76,19 @@ class EvalConfig(_Section):
     )
 
 
+class MeasureConfig(_Section):
+    """What each run's final weights are measured with besides accuracy (the learnability experiment):
+    on each set, the student's log-prob of the reference answers (its own prompt, no privileged context)
+    and the teacher-student top-K KL (`rcsd.trainer.probe`). The KL is taken on fixed answers, the base
+    model's greedy ones (the first run measured makes them: list the base arm first), against one fixed
+    teacher context for every arm: question, reference and the question's own rubric, no analysis."""
+
+    data: list[str] = Field(min_length=1, description="JSONL files or shipped set names")
+    limit: int | None = Field(default=None, ge=1, description="the first N questions of each set")
+    max_new_tokens: int = Field(default=64, ge=1, description="the fixed answers' length")
+    context_mode: ContextMode = "rubric+reference"
+
+
 class LaunchConfig(_Section):
     """Teacher and rubric services that `rcsd compare` starts on loopback, serving the base model."""
 
@@ -93,6 +111,11 @@ class CompareConfig(_Section):
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields all arms share")
     arms: list[ArmConfig] = Field(min_length=1)
     eval: EvalConfig
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="each trained arm runs once per seed (folder <arm>.seed<k>); base, untrained, once",
+    )
+    measure: MeasureConfig | None = None
     services: LaunchConfig = Field(default_factory=LaunchConfig)
     launcher: Literal["inprocess", "torchrun"] = "inprocess"
     nproc_per_node: int = Field(default=1, ge=1, description="launcher torchrun: processes per arm")
@@ -104,17 +127,36 @@ class CompareConfig(_Section):
             raise ValueError(f"arm names must be unique: {names}")
         if self.eval.reference_arm is not None and self.eval.reference_arm not in names:
             raise ValueError(f"eval.reference_arm {self.eval.reference_arm!r} is not an arm: {names}")
+        owned = set(COMPARE_OWNED) | ({"seed"} if self.seeds else set())
         for owner, fields in [("train", self.train), *((a.name, a.overrides) for a in self.arms)]:
-            if taken := sorted(set(fields) & set(COMPARE_OWNED)):
-                raise ValueError(f"{owner}: {taken} are set by the comparison (use rollouts_per_step)")
+            if taken := sorted(set(fields) & owned):
+                raise ValueError(f"{owner}: {taken} are set by the comparison (rollouts_per_step, seeds)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be unique: {self.seeds}")
+        runs = self.runs()
+        if len({run.name for run in runs}) != len(runs):
+            raise ValueError(f"arm names collide with their seeds' folders: {[r.name for r in runs]}")
         shared = self.shared_config().model_dump()
-        for arm in self.arms:
-            config = self.arm_config(arm, Path("."))
+        for run in runs:
+            config = self.arm_config(run, Path("."))
             if config is None:
                 continue
-            if differ := [f for f in SHARED_FIELDS if config.model_dump()[f] != shared[f]]:
-                raise ValueError(f"arm {arm.name} changes {differ}: every arm must share them")
+            expected = {**shared, "seed": shared["seed"] if run.seed is None else run.seed}
+            if differ := [f for f in SHARED_FIELDS if config.model_dump()[f] != expected[f]]:
+                raise ValueError(f"arm {run.name} changes {differ}: every arm must share them")
         return self
+
+    def runs(self) -> list[ArmConfig]:
+        """What is trained and evaluated: every arm, or with `seeds` every trained arm once per seed
+        (`<arm>.seed<k>`, its `group` the arm) and the base arm once (untrained, evaluated greedily)."""
+        if not self.seeds:
+            return list(self.arms)
+        return [  # seed by seed: a comparison stopped part-way has every arm at its first seeds
+            arm.model_copy(update={"name": f"{arm.name}.seed{seed}", "group": arm.name, "seed": seed})
+            for seed in self.seeds
+            for arm in self.arms
+            if arm.method != "base" or seed == self.seeds[0]
+        ]
 
     def shared_config(self) -> TrainConfig:
         """The shared section alone (what the base arm is: its model, dtype and device)."""
@@ -133,6 +175,8 @@ class CompareConfig(_Section):
                 f"arm {arm.name}: rollouts_per_step {self.rollouts_per_step} is not a multiple of its "
                 f"{group} answers per question"
             )
+        if arm.seed is not None:
+            raw["seed"] = arm.seed
         raw.update(
             method=arm.method,
             prompts_per_step=self.rollouts_per_step // group,
@@ -191,8 +235,17 @@ def arm_hash(config: CompareConfig, arm: ArmConfig) -> str:
     for name in ("backend", "bootstrap_resamples", "judge", "reference_arm"):  # later fields: at their
         if evaluation[name] == EvalConfig.model_fields[name].default:  # defaults, older run folders resume
             del evaluation[name]
-    blob = json.dumps({"method": arm.method, "train": identity, "eval": evaluation}, sort_keys=True)
+    record = {"method": arm.method, "train": identity, "eval": evaluation}
+    if config.measure is not None:  # absent: folders from before measures resume
+        record["measure"] = config.measure.model_dump(mode="json")
+    blob = json.dumps(record, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_label(arm: ArmConfig) -> str:
+    """What the report calls a run: the arm's label, and its seed when the comparison has seeds."""
+    label = arm.label or arm.group or arm.name
+    return label if arm.seed is None else f"{label}, seed {arm.seed}"
 
 
 def arm_dir(run_dir: Path, arm: ArmConfig) -> Path:

@@ -28,6 +28,7 @@ from rcsd.recipes.compare.config import (
     ArmConfig,
     CompareConfig,
     arm_dir,
+    run_label,
 )
 from rcsd.recipes.stats import overlaps
 from rcsd.trainer.metrics import read_metrics
@@ -76,7 +77,7 @@ def arm_result(config: CompareConfig, arm: ArmConfig, run_dir: Path) -> ArmResul
     )
     return ArmResult(
         arm=arm.name,
-        label=arm.label or arm.name,
+        label=run_label(arm),
         method=arm.method,
         accuracy={column(r): r["accuracy"] for r in evaluation["results"]},
         accuracy_se={column(r): r.get("accuracy_se", math.nan) for r in evaluation["results"]},
@@ -101,12 +102,13 @@ def _answers(record: dict[str, float]) -> int:
 
 def write_report(config: CompareConfig, run_dir: Path) -> Path:
     """report.md, curves.png and results.json in `run_dir`; returns the report's path."""
-    rows = [arm_result(config, arm, run_dir) for arm in config.arms]
+    rows = [arm_result(config, arm, run_dir) for arm in config.runs()]
     (run_dir / RESULTS_FILE).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
     curves = plot_curves(config, run_dir)
     text = "\n".join(
         [
             *_header(config),
+            *_over_seeds(config, run_dir),
             *_table(rows, _reference(config)),
             "",
             *_budget(config, rows),
@@ -165,6 +167,25 @@ def _header(config: CompareConfig) -> list[str]:
     return lines
 
 
+def _over_seeds(config: CompareConfig, run_dir: Path) -> list[str]:
+    """With seeds or measures: the per-arm summary over seeds (`rcsd.recipes.compare.summary`'s table)."""
+    if not config.seeds and config.measure is None:
+        return []
+    from rcsd.recipes.compare.summary import PLOT_FILE, write_summary
+
+    _, lines = write_summary(config, run_dir)
+    return [
+        "### Per arm, over seeds",
+        "",
+        *lines,
+        "",
+        f"![per-arm means and intervals over seeds]({PLOT_FILE})",
+        "",
+        "### Per run",
+        "",
+    ]
+
+
 def _dtype(requested: str, device: str) -> str:
     """`auto` on a CPU says what it became on this machine (bfloat16 only where native)."""
     return (
@@ -178,7 +199,7 @@ def _reference(config: CompareConfig) -> str | None:
     """The arm each row's intervals are compared with: the configured one, else the base arm."""
     if config.eval.reference_arm:
         return config.eval.reference_arm
-    return next((a.name for a in config.arms if a.method == "base"), None)
+    return next((a.name for a in config.runs() if a.method == "base"), None)
 
 
 def _table(rows: list[ArmResult], reference: str | None) -> list[str]:
@@ -260,10 +281,10 @@ def _configs(config: CompareConfig, run_dir: Path) -> list[str]:
         (run_dir / COMPARE_FILE).read_text().rstrip(),
         "```",
     ]
-    for arm in config.arms:
+    for arm in config.runs():
         path = run_dir / CONFIGS_DIR / f"{arm.name}.yaml"
         if path.is_file():
-            lines += ["", f"### {arm.label or arm.name}", "", "```yaml", path.read_text().rstrip(), "```"]
+            lines += ["", f"### {run_label(arm)}", "", "```yaml", path.read_text().rstrip(), "```"]
     return [*lines, ""]
 
 
@@ -282,7 +303,7 @@ def plot_curves(config: CompareConfig, run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    runs = {a.label or a.name: read_metrics(arm_dir(run_dir, a)) for a in config.arms if a.method != "base"}
+    runs = {run_label(a): read_metrics(arm_dir(run_dir, a)) for a in config.runs() if a.method != "base"}
     colors = {label: f"C{i}" for i, label in enumerate(runs)}  # one colour per method in every panel
     last_step = max((r["step"] for records in runs.values() for r in records), default=1)
     keys = [k for k in CURVES if any(k in r for records in runs.values() for r in records)]

@@ -51,6 +51,7 @@ from rcsd.recipes.compare.config import (
     arm_hash,
     is_done,
 )
+from rcsd.recipes.compare.measure import measure_run
 from rcsd.recipes.compare.report import write_report
 from rcsd.recipes.evaluate import free_memory
 from rcsd.trainer import checkpoint as ckpt
@@ -67,12 +68,13 @@ def run_comparison(
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / COMPARE_FILE).write_text(config.to_yaml())
-    for arm in config.arms:
+    runs = config.runs()  # the arms, or each arm once per seed
+    for arm in runs:
         _claim(run_dir, config, arm)  # refuse a folder from another config before any work starts
-    pending = [arm for arm in config.arms if not is_done(run_dir, arm)]
+    pending = [arm for arm in runs if not is_done(run_dir, arm)]
     with _services_for(config, pending, run_dir, services) as urls:
-        for number, arm in enumerate(config.arms, start=1):
-            title = f"arm {number}/{len(config.arms)}: {arm.name} ({arm.method})"
+        for number, arm in enumerate(runs, start=1):
+            title = f"arm {number}/{len(runs)}: {arm.name} ({arm.method})"
             if arm not in pending:
                 console.rule(f"{title}: finished earlier, skipped")
                 continue
@@ -82,6 +84,8 @@ def run_comparison(
             if train is not None:
                 _train(config, train, config_path, console)
             _evaluate(config, arm, train, run_dir, console)
+            if config.measure is not None:
+                measure_run(config, arm, train, run_dir, urls)
             (arm_dir(run_dir, arm) / DONE_MARKER).write_text(arm_hash(config, arm) + "\n")
     report = write_report(config, run_dir)
     console.print(f"report: {report}")
@@ -110,9 +114,10 @@ def _services_for(
 ) -> Iterator[ServiceUrls | None]:
     """The launched services' URLs while pending arms need them; None: the configs' own URLs."""
     trained = [c for a in pending if (c := config.arm_config(a, run_dir)) is not None]
+    measured = config.measure is not None and bool(pending)  # the measures' teacher sees a rubric
     needs = ServiceNeeds(
-        teacher=any(c.method != "grpo" for c in trained),
-        rubric=any(c.needs_rubrics for c in trained),
+        teacher=measured or any(c.method != "grpo" for c in trained),
+        rubric=measured or any(c.needs_rubrics for c in trained),
         model=config.shared_config().model,
         log_dir=run_dir / "services",
     )
@@ -195,6 +200,7 @@ def _evaluate(
         batch_size=spec.batch_size,
         bootstrap_resamples=spec.bootstrap_resamples,
         judge=spec.judge,
+        template_version=shared.sampling.prompt_version,  # the prompt the arms trained with
     )
     console.print(f"evaluating {arm.name}: {model}" + (f" + {adapter}" if adapter else ""))
     report = evaluate_checkpoint(
