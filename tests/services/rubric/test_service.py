@@ -50,6 +50,40 @@ def gauge(server: ServiceProcess, name: str) -> float:
     return 0.0
 
 
+THREE = {"min_criteria": 3, "max_criteria": 3}
+TWO_SCHEMAS = [
+    ask("Question 0?"),
+    ask("Question 1?"),
+    ask("Question 2?", bounds=THREE),
+    ask("Question 3?", bounds=THREE),
+]
+
+
+def two_schema_batch_in_flight(
+    server: ServiceProcess, generated_before: int
+) -> tuple[threading.Thread, list]:
+    """Sends a batch of two bounds (two JSON schemas, so the engine decodes the 2-criteria pair, stores
+    it, then the 3-criteria pair: ~3 s on the tiny model) and returns once the first pair is stored
+    and the rest still decoding: the sender thread, and the list its answer or transport error lands in."""
+    answered: list[object] = []
+
+    def send() -> None:
+        try:
+            answered.append(
+                httpx.post(f"{server.url}/rubrics/batch", json={"requests": TWO_SCHEMAS}, timeout=300)
+            )
+        except httpx.HTTPError as exc:  # the server went away under it
+            answered.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 240
+    while not (generated_count(server) >= generated_before + 2 and gauge(server, "rcsd_in_flight") >= 1):
+        assert sender.is_alive() and time.monotonic() < deadline, "the batch ended before it was interrupted"
+        time.sleep(0.05)
+    return sender, answered
+
+
 def assert_valid(body: dict) -> RubricResponse:
     rubric = RubricResponse.model_validate(body)
     assert rubric_problems(rubric.criteria, RubricBounds(**BOUNDS)) == []
@@ -157,42 +191,18 @@ def test_unknown_rubric_is_404_and_oversized_batch_is_422(server):
 
 
 def test_store_survives_a_crash_mid_batch(tiny_model_dir, tmp_path):
-    """SIGKILL while the batch generates: its first rubrics are committed, the rest still decoding.
-
-    Two bounds are two JSON schemas, so the engine decodes the 2-criteria pair, stores it, then the
-    3-criteria pair (~3 s on the tiny model): the kill lands between the two commits. Afterwards
-    the store holds whole rubrics only, exactly the committed ones, and a new process serves them.
-    """
+    """SIGKILL while the batch generates, between its two commits. Afterwards the store holds whole
+    rubrics only, exactly the committed ones, and a new process serves them."""
     store_url = f"sqlite:///{tmp_path / 'rubrics.db'}"
     first = rubric_server(tiny_model_dir, store_url, tmp_path).start()
     stored = httpx.post(f"{first.url}/rubrics", json=ask("What is a photon?"), timeout=300).json()
-    three = {"min_criteria": 3, "max_criteria": 3}
-    batch = [
-        ask("Question 0?"),
-        ask("Question 1?"),
-        ask("Question 2?", bounds=three),
-        ask("Question 3?", bounds=three),
-    ]
-    answered: list[object] = []
-
-    def send() -> None:
-        try:
-            answered.append(httpx.post(f"{first.url}/rubrics/batch", json={"requests": batch}, timeout=300))
-        except httpx.HTTPError as exc:  # the server died under it
-            answered.append(exc)
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    deadline = time.monotonic() + 240
-    while not (generated_count(first) >= 3 and gauge(first, "rcsd_in_flight") >= 1):
-        assert sender.is_alive() and time.monotonic() < deadline, "the batch ended before the kill"
-        time.sleep(0.05)
+    sender, answered = two_schema_batch_in_flight(first, generated_before=1)
     first.kill()
     sender.join(timeout=30)
     assert isinstance(answered[0], httpx.TransportError), answered  # no answer: it was still working
 
     records = asyncio.run(stored_rubrics(store_url))
-    asked = [RubricRequest.model_validate(body) for body in [ask("What is a photon?"), *batch]]
+    asked = [RubricRequest.model_validate(body) for body in [ask("What is a photon?"), *TWO_SCHEMAS]]
     assert_complete(records, asked)  # every row whole and passing its bounds' checks
     questions = sorted(r.question for r in records)
     assert questions == ["Question 0?", "Question 1?", "What is a photon?"]  # the 3-criteria pair: absent
@@ -201,11 +211,11 @@ def test_store_survives_a_crash_mid_batch(tiny_model_dir, tmp_path):
     try:
         again = httpx.post(f"{second.url}/rubrics", json=ask("What is a photon?"), timeout=60).json()
         assert again["cached"] and again["rubric_id"] == stored["rubric_id"]
-        r = httpx.post(f"{second.url}/rubrics/batch", json={"requests": batch}, timeout=300)
+        r = httpx.post(f"{second.url}/rubrics/batch", json={"requests": TWO_SCHEMAS}, timeout=300)
         assert r.status_code == 200, r.text
         results = [item["result"] for item in r.json()["results"]]
         assert [x["cached"] for x in results] == [True, True, False, False]
-        for body, result in zip(batch, results, strict=True):
+        for body, result in zip(TWO_SCHEMAS, results, strict=True):
             assert (
                 rubric_problems(
                     RubricResponse.model_validate(result).criteria, RubricBounds(**body["bounds"])
@@ -294,27 +304,7 @@ def test_sigterm_lets_the_batch_in_flight_finish_within_the_grace(tiny_model_dir
     server = rubric_server(tiny_model_dir, f"sqlite:///{tmp_path / 'rubrics.db'}", tmp_path)
     server.args += ["--graceful-shutdown-s", str(grace_s)]
     server.start()
-    three = {"min_criteria": 3, "max_criteria": 3}  # a second schema: decoded after the first pair
-    batch = [
-        ask("Question 0?"),
-        ask("Question 1?"),
-        ask("Question 2?", bounds=three),
-        ask("Question 3?", bounds=three),
-    ]
-    answered: list[object] = []
-
-    def send() -> None:
-        try:
-            answered.append(httpx.post(f"{server.url}/rubrics/batch", json={"requests": batch}, timeout=300))
-        except httpx.HTTPError as exc:
-            answered.append(exc)
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    deadline = time.monotonic() + 240
-    while not (generated_count(server) >= 1 and gauge(server, "rcsd_in_flight") >= 1):
-        assert sender.is_alive() and time.monotonic() < deadline, "the batch ended before SIGTERM"
-        time.sleep(0.05)
+    sender, answered = two_schema_batch_in_flight(server, generated_before=0)
     server.stop(timeout_s=330)
     sender.join(timeout=30)
     if grace_s >= 300:
