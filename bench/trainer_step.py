@@ -1,21 +1,25 @@
-"""Trainer step time with and without overlapping the service calls with the rollouts, CPU.
+"""Trainer step time: overlapping the service calls with the rollouts, and batching the rollouts, CPU.
 
-Runs the real trainer (`rcsd.trainer.train.main`, RCSD, hf rollouts) twice in this one process against
-the same real teacher and rubric services (hf backend, on loopback):
+Runs the real trainer (`rcsd.trainer.train.main`, RCSD, hf rollouts) three times in this one process
+against the same real teacher and rubric services (hf backend, on loopback):
 
-1. overlap on (the default): the next step's rubrics are requested during this step, and each
-   group's completions go to the teacher as soon as they are sampled, while the next group samples;
-2. overlap off (the baseline): each step first waits for its rubrics, samples every group, then
-   sends all groups to the teacher and waits.
+1. overlap, batched (the defaults): the next step's rubrics are requested during this step; all of the
+   step's prompts go through one batched `generate`, each group to the teacher as soon as it stops;
+2. serial (the overlap's baseline): batched, but each step first waits for its rubrics, samples every
+   group, then sends all groups to the teacher and waits;
+3. one at a time (the batching's baseline): overlap on, but one prompt per `generate` call (what the
+   loop did before issue 19); each group is scored while the next one samples. The same seeds give
+   the same tokens in 1 and 3, so both runs sample and score the same rollouts.
 
 The services get their own CPU core and the trainer another (`--pin`, the default), as in production
 where the services run on their own machines: on one shared set of cores the overlap would only make
 the processes compete for them. Each run gets its own questions, so every rubric is generated fresh in
 both (as in a run over a large data set, where a question's rubric is new the first time it is seen).
 Reports the mean and median step time over the steps after the first (warm-up), the mean time per
-phase, and the ratio of the baseline's mean step time to the overlapped one's (target >= 1.3x).
+phase, the ratio of the serial run's mean step time to the overlapped one's (target >= 1.3x), and the
+one-at-a-time run's rollout and step times over the batched one's.
 
-    .venv/bin/python bench/trainer_step.py [--model tiny|default] [--steps 6] [--prompts 4] [--no-pin]
+    .venv/bin/python bench/trainer_step.py [--model tiny|default] [--steps 6] [--prompts 8] [--no-pin]
 
 Prints a table, then one line of JSON.
 """
@@ -63,8 +67,15 @@ def questions(path: Path, count: int, tag: str) -> Path:
     return path
 
 
-def run(args: argparse.Namespace, model: str, urls: dict[str, str], work: Path, overlap: bool) -> dict:
-    tag = "overlap" if overlap else "serial"
+def run(
+    args: argparse.Namespace,
+    model: str,
+    urls: dict[str, str],
+    work: Path,
+    tag: str,
+    overlap: bool,
+    batched: bool,
+) -> dict:
     config = TrainConfig(
         model=model,
         dtype="float32",
@@ -72,7 +83,7 @@ def run(args: argparse.Namespace, model: str, urls: dict[str, str], work: Path, 
         lr=1e-4,
         steps=args.steps,
         prompts_per_step=args.prompts,
-        sampling={"max_new_tokens": args.max_new_tokens},
+        sampling={"max_new_tokens": args.max_new_tokens, "batched": batched},
         teacher={"top_k": 20},
         rubric={
             "min_criteria": 1,
@@ -101,7 +112,7 @@ def main_bench() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="tiny (built here) or default (SmolLM2)")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--rubric-max-tokens", type=int, default=384)
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True, help="CPU 0 / CPU 1")
@@ -134,24 +145,34 @@ def main_bench() -> None:
                 os.sched_setaffinity(0, {cpus[0]})
                 torch.set_num_threads(1)
             urls = {s.service: s.url for s in services}
-            serial = run(args, model, urls, work, overlap=False)
-            overlap = run(args, model, urls, work, overlap=True)
+            serial = run(args, model, urls, work, "serial", overlap=False, batched=True)
+            overlap = run(args, model, urls, work, "overlap", overlap=True, batched=True)
+            alone = run(args, model, urls, work, "one-at-a-time", overlap=True, batched=False)
         finally:
             for service in services:
                 service.stop()
 
     ratio = serial["mean_step_s"] / overlap["mean_step_s"]
+    batching = {
+        "rollout": alone["phases"]["rollout"] / overlap["phases"]["rollout"],
+        "step": alone["mean_step_s"] / overlap["mean_step_s"],
+    }
     where = f"trainer on CPU {cpus[0]}, services on CPUs {cpus[1:]}" if pin else f"all on CPUs {cpus}"
     print(
         f"\nCPU {cpu_capability()} ({where}), model {args.model}, {args.prompts} prompts x {args.steps} steps"
     )
-    print(f"{'phase (mean s)':<16}{'serial':>10}{'overlap':>10}")
+    runs = {"serial": serial, "overlap": overlap, "one at a time": alone}
+    print(f"{'phase (mean s)':<16}" + "".join(f"{name:>15}" for name in runs))
     for phase in PHASES:
-        print(f"{phase:<16}{serial['phases'][phase]:>10.3f}{overlap['phases'][phase]:>10.3f}")
-    print(f"{'median step':<16}{serial['median_step_s']:>10.3f}{overlap['median_step_s']:>10.3f}")
-    print(f"speed-up from the overlap (mean step): {ratio:.2f}x\n")
+        print(f"{phase:<16}" + "".join(f"{r['phases'][phase]:>15.3f}" for r in runs.values()))
+    print(f"{'median step':<16}" + "".join(f"{r['median_step_s']:>15.3f}" for r in runs.values()))
+    print(f"speed-up from the overlap (mean step, serial / overlap): {ratio:.2f}x")
+    print(f"speed-up from batching (one at a time / batched): rollout {batching['rollout']:.2f}x, "
+          f"step {batching['step']:.2f}x\n")  # fmt: skip
     print(json.dumps({"bench": "trainer_step", "cpu": cpu_capability(), "pinned": pin, "model": args.model,
-                      "serial": serial, "overlap": overlap, "ratio": round(ratio, 3)}))  # fmt: skip
+                      "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+                      "serial": serial, "overlap": overlap, "one_at_a_time": alone, "ratio": round(ratio, 3),
+                      "batching_ratio": {k: round(v, 3) for k, v in batching.items()}}))  # fmt: skip
 
 
 if __name__ == "__main__":
