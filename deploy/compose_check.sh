@@ -301,6 +301,7 @@ RCSD_IMAGE_TAG=$TAG
 RCSD_POSTGRES_IMAGE=$STORE_IMAGE
 RCSD_RUNS_DIR=$WORK/runs
 RCSD_TRAINER_STEPS=1
+RCSD_TRAINER_CONFIG=/runs/check.yaml
 EOF
 } > "$WORK/env"
 # Compose passes a bare `- NAME` on from the shell: the env file's values are the shell's too.
@@ -401,6 +402,13 @@ again=$(post "$RUBRIC/rubrics" "$RUBRIC_REQUEST" | python3 -c 'import json, sys;
 echo "the same POST /rubrics after the restart: cached: $again"
 
 say "the trainer profile: rcsd train, one step, against the services"
+# One real step (rubrics, rollouts, teacher scores, an update) made cheap: the demo config with the
+# held-out probe off (it generates and scores before and after the step: most of the time) and fewer,
+# shorter answers. The image's own config loader writes it; RCSD_TRAINER_CONFIG names it in /runs.
+"$DOCKER" run --rm --entrypoint python3 "$IMAGE" -c 'import sys
+from rcsd.trainer.config import load_config
+print(load_config("smollm2_cpu.yaml", sys.argv[1:]).to_yaml(), end="")' \
+    probe.data=[] prompts_per_step=2 sampling.max_new_tokens=32 rubric.max_tokens=384 > "$WORK/runs/check.yaml"
 timed trainer_s compose --profile cpu --profile trainer run --rm trainer
 ls -R "$WORK/runs" | head -20
 

