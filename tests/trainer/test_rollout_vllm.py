@@ -18,8 +18,9 @@ from rcsd.recipes.evaluate import main as eval_main
 from rcsd.recipes.launch import free_port, wait_until_ok
 from rcsd.services.engines.vllm_cpu_env import vllm_cpu_env
 from rcsd.trainer.prompts import student_prompt_ids
-from rcsd.trainer.rollout import HfRollout, SamplingParams
+from rcsd.trainer.rollout import HfRollout, Rollout, SamplingParams
 from rcsd.trainer.rollout.vllm import VllmRollout
+from rcsd.trainer.student import score_completions
 
 pytestmark = pytest.mark.vllm
 
@@ -66,7 +67,7 @@ def test_follows_the_weights_and_equals_hf_greedy(vllm_server: str, tiny_model_d
     hf, vllm = HfRollout(student, tokenizer), VllmRollout(vllm_server, tmp_path / "adapters")
     try:
         before = vllm.sample(prompts, greedy)
-        assert before == hf.sample(prompts, greedy)  # a fresh LoRA (B = 0) is the base model
+        assert _tokens(before) == _tokens(hf.sample(prompts, greedy))  # a fresh LoRA (B = 0) is the base
         with torch.no_grad():  # an "optimizer step" that changes the function
             generator = torch.Generator().manual_seed(0)
             for name, param in student.named_parameters():
@@ -76,20 +77,30 @@ def test_follows_the_weights_and_equals_hf_greedy(vllm_server: str, tiny_model_d
         vllm.update(student)
         after = vllm.sample(prompts, greedy)
         assert after != before
-        assert after == hf.sample(prompts, greedy)
+        assert _tokens(after) == _tokens(hf.sample(prompts, greedy))
         assert all(r.truncated and len(r.completion_ids) == 12 for group in after for r in group)
+        for prompt, [rollout] in zip(prompts, after, strict=True):  # the server's log-probs are the trainer's
+            trainer = score_completions(student, prompt, [rollout.completion_ids], tokenizer.pad_token_id)
+            assert rollout.sampler_logprobs is not None
+            sampler = torch.tensor(rollout.sampler_logprobs)
+            assert torch.allclose(sampler, trainer.logprobs_B_T[0].detach(), atol=1e-4)
         # a second update replaces the adapter: one folder on disk, the new name served
         vllm.update(student)
-        assert vllm.sample(prompts, greedy) == after
+        assert _tokens(vllm.sample(prompts, greedy)) == _tokens(after)
         assert len(list((tmp_path / "adapters").iterdir())) == 1
         # seeded sampling is reproducible; the n samples of a prompt differ
         params = SamplingParams(max_new_tokens=8, seed=5)
         sampled = vllm.sample(prompts, params, n=3)
-        assert sampled == vllm.sample(prompts, params, n=3)
+        assert _tokens(sampled) == _tokens(vllm.sample(prompts, params, n=3))
         assert len({tuple(r.completion_ids) for r in sampled[0]}) > 1
     finally:
         vllm.close()
     assert not list((tmp_path / "adapters").iterdir())
+
+
+def _tokens(groups: list[list[Rollout]]) -> list[list[tuple[list[int], bool]]]:
+    """What two engines must agree on (hf reports no sampler log-probs)."""
+    return [[(r.completion_ids, r.truncated) for r in group] for group in groups]
 
 
 def test_rcsd_eval_through_vllm_equals_hf(vllm_server: str, tiny_model_dir: Path, tmp_path: Path):

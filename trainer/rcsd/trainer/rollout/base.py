@@ -34,11 +34,15 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Rollout:
     """One sampled answer. `completion_ids` are the sampled tokens verbatim, the end-of-turn token
-    included when the model wrote one, no padding; `truncated` when `max_new_tokens` ran out first."""
+    included when the model wrote one, no padding; `truncated` when `max_new_tokens` ran out first.
+    `sampler_logprobs`: the sampler's log-prob of each completion token at temperature 1 (its raw
+    logits, before temperature and top-k/top-p), where the engine reports them (vLLM); the trainer
+    compares them with its own forward's to measure the sampler mismatch."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
     truncated: bool
+    sampler_logprobs: list[float] | None = None
 
 
 class RolloutEngine(Protocol):

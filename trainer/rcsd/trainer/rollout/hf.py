@@ -95,8 +95,12 @@ class HfRollout:
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling
 
+        device = next(self.model.parameters()).device
+
         def work() -> None:
             try:
+                if device.type == "cuda":  # the current device is per thread: this rank's, not cuda:0
+                    torch.cuda.set_device(device)
                 with torch.no_grad():
                     for batch in self._batches(rows):
                         self._generate(batch, finished, cancel)

