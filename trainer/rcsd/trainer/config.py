@@ -86,6 +86,11 @@ class LossConfig(_Section):
     chunk_size: int = Field(
         default=256, ge=1, description="positions per output-head chunk: the loss never holds [T, V] at once"
     )
+    # Truncated importance sampling (TRL / verl's TIS) against the sampler mismatch: each token's loss
+    # term weighted by min(exp(trainer log-prob - sampler log-prob), cap). Null: off (the release has none).
+    importance_cap: float | None = Field(
+        default=None, gt=0.0, description="TIS cap; needs a vLLM rollout engine (sampler log-probs)"
+    )
 
 
 class TeacherConfig(_Section):
@@ -152,6 +157,21 @@ class ServicesConfig(_Section):
         return os.environ.get(self.api_key_env)
 
 
+class ColocateConfig(_Section):
+    """rollout_engine=vllm_colocate: vLLM inside each trainer process, on its device
+    (rcsd.trainer.rollout.colocate), following the student's weights in memory every step."""
+
+    gpu_memory_utilization: float = Field(
+        default=0.3, gt=0.0, lt=1.0, description="CUDA: the share of the GPU vLLM takes (weights + KV cache)"
+    )
+    cpu_kv_cache_gb: float = Field(default=1.0, gt=0.0, description="CPU: vLLM-CPU's KV cache, in GiB")
+    max_model_len: int | None = Field(default=None, ge=1, description="prompt + answer; None: the model's")
+    sleep: bool | None = Field(
+        default=None,
+        description="free vLLM's memory between sampling and the next update; None: where vLLM can (not CPU)",
+    )
+
+
 class JudgeConfig(_Section):
     """A rubric judge (`rcsd.trainer.judge`): any OpenAI-compatible chat endpoint; GRPO's reward on
     free-form questions, and `rcsd eval`'s grader of free-form sets."""
@@ -201,7 +221,10 @@ class TrainConfig(_Section):
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     data: list[str] = Field(default_factory=list, description="JSONL files or shipped set names")
     data_limit: int | None = Field(default=None, ge=1, description="train on the first N questions only")
-    rollout_engine: Literal["hf", "vllm"] = "hf"
+    # hf: transformers in process; vllm: a vLLM server per rank (services.rollout_urls);
+    # vllm_colocate: vLLM in process on the trainer's device (`colocate`)
+    rollout_engine: Literal["hf", "vllm", "vllm_colocate"] = "hf"
+    colocate: ColocateConfig = Field(default_factory=ColocateConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     judge: JudgeConfig | None = None  # grades free-form (rubric) questions for GRPO's reward
     # Rubric prefetch and per-group teacher scoring run beside the rollouts; false = one after the other.
@@ -261,6 +284,10 @@ class TrainConfig(_Section):
             raise ValueError(
                 "teacher.reason_first samples the teacher's analysis itself: it needs stage reasoner, a "
                 "teacher (not grpo), a privileged teacher.context_mode and no teacher.rationale"
+            )
+        if self.loss.importance_cap is not None and self.rollout_engine == "hf":
+            raise ValueError(
+                "loss.importance_cap needs sampler log-probs: rollout_engine vllm or vllm_colocate"
             )
         if self.teacher.rubric_of == "shifted" and not self.needs_rubrics:
             raise ValueError("teacher.rubric_of shifted needs a teacher context that shows a rubric")

@@ -11,6 +11,9 @@ over those tokens (a batch with none gives a zero that still has a graph, so no 
   temperature 1 give the loss at any `tau`.
 - `sampled_rkl`: on-policy distillation's sampled-token reverse KL, as a policy gradient.
 - `grpo_loss` + `group_advantages`: the GRPO baseline.
+
+Every loss takes optional `token_weights_B_T` (detached), which multiply each token's term before the
+mean: `truncated_importance_weights` for the sampler mismatch (TIS), off (None) by default.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 def _masked_mean(values_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> torch.Tensor:
     """Mean over the True positions; a graph-connected 0 when there are none."""
     return torch.where(mask_B_T, values_B_T, 0.0).sum() / mask_B_T.sum().clamp(min=1)
+
+
+def _weighted(values_B_T: torch.Tensor, token_weights_B_T: torch.Tensor | None) -> torch.Tensor:
+    return values_B_T if token_weights_B_T is None else values_B_T * token_weights_B_T.detach()
 
 
 def gather_topk(
@@ -76,12 +83,16 @@ def _kl_terms(logp_B_T_K: torch.Tensor, logq_B_T_K: torch.Tensor, valid_B_T_K: t
 
 
 def _reduce_terms(
-    terms_B_T_K: torch.Tensor, valid_B_T_K: torch.Tensor, mask_B_T: torch.Tensor, clip: float | None
+    terms_B_T_K: torch.Tensor,
+    valid_B_T_K: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    clip: float | None,
+    token_weights_B_T: torch.Tensor | None,
 ) -> tuple[torch.Tensor, Metrics]:
-    """Clip each id's term at `clip` (a clipped term passes no gradient), sum over ids, mean over tokens."""
+    """Clip each id's term at `clip` (a clipped term passes no gradient), sum over ids, weight, mean over tokens."""
     valid_B_T_K = valid_B_T_K & mask_B_T.unsqueeze(-1)
     clipped_B_T_K = terms_B_T_K if clip is None else terms_B_T_K.clamp(max=clip)
-    loss = _masked_mean(clipped_B_T_K.sum(-1), mask_B_T)
+    loss = _masked_mean(_weighted(clipped_B_T_K.sum(-1), token_weights_B_T), mask_B_T)
     n_terms = valid_B_T_K.sum().clamp(min=1)
     was_clipped = (terms_B_T_K > clip) & valid_B_T_K if clip is not None else torch.zeros_like(valid_B_T_K)
     metrics = {
@@ -101,6 +112,7 @@ def topk_fkl(
     *,
     tau: float = 1.2,
     clip: float | None = 0.05,
+    token_weights_B_T: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """The released RCSD loss: forward KL(teacher || student) on the teacher's top-K ids, per-id clipped.
 
@@ -110,7 +122,7 @@ def topk_fkl(
     logp, logq, valid = _topk_log_distributions(
         student_topk_logits_B_T_K, in_vocab_B_T_K, teacher_topk_logprobs_B_T_K, tau
     )
-    return _reduce_terms(_kl_terms(logp, logq, valid), valid, mask_B_T, clip)
+    return _reduce_terms(_kl_terms(logp, logq, valid), valid, mask_B_T, clip, token_weights_B_T)
 
 
 def topk_jsd(
@@ -122,6 +134,7 @@ def topk_jsd(
     beta: float = 0.5,
     tau: float = 1.2,
     clip: float | None = None,
+    token_weights_B_T: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """Generalised JSD on the teacher's top-K ids: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q.
 
@@ -141,7 +154,7 @@ def topk_jsd(
     else:
         log_m = torch.logaddexp(logp + math.log(beta), logq + math.log1p(-beta))
         terms = beta * _kl_terms(logp, log_m, valid) + (1 - beta) * _kl_terms(logq, log_m, valid)
-    return _reduce_terms(terms, valid, mask_B_T, clip)
+    return _reduce_terms(terms, valid, mask_B_T, clip, token_weights_B_T)
 
 
 def sampled_rkl(
@@ -150,6 +163,7 @@ def sampled_rkl(
     mask_B_T: torch.Tensor,
     *,
     advantage_clip: float | None = None,
+    token_weights_B_T: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """On-policy distillation: a policy gradient with per-token advantage log p_teacher - log p_student.
 
@@ -160,7 +174,9 @@ def sampled_rkl(
     reverse_kl = _masked_mean(-advantage_B_T, mask_B_T)
     if advantage_clip is not None:
         advantage_B_T = advantage_B_T.clamp(-advantage_clip, advantage_clip)
-    loss = _masked_mean(-(advantage_B_T * _wide(student_logprobs_B_T)), mask_B_T)
+    loss = _masked_mean(
+        _weighted(-(advantage_B_T * _wide(student_logprobs_B_T)), token_weights_B_T), mask_B_T
+    )
     metrics = {
         "loss": loss.item(),
         "reverse_kl_sampled": reverse_kl.item(),
@@ -178,6 +194,7 @@ def grpo_loss(
     *,
     clip_eps: float = 0.2,
     loss_type: str = "token_mean",
+    token_weights_B_T: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """GRPO's clipped surrogate, -min(r A, clip(r, 1 - eps, 1 + eps) A). No KL penalty to a reference model.
 
@@ -189,7 +206,7 @@ def grpo_loss(
     advantage_B_1 = _wide(advantages_B).detach().unsqueeze(-1)
     unclipped_B_T = ratio_B_T * advantage_B_1
     clipped_B_T = ratio_B_T.clamp(1 - clip_eps, 1 + clip_eps) * advantage_B_1
-    per_token_B_T = -torch.minimum(unclipped_B_T, clipped_B_T)
+    per_token_B_T = _weighted(-torch.minimum(unclipped_B_T, clipped_B_T), token_weights_B_T)
     if loss_type == "grpo":
         per_seq_B = (per_token_B_T * mask_B_T).sum(-1) / mask_B_T.sum(-1).clamp(min=1)
         loss = per_seq_B.mean()

@@ -26,6 +26,7 @@ serves: the frozen base model in the released recipe.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import defaultdict
@@ -209,6 +210,8 @@ def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]
     # 2. rollouts, group by group; each group goes to the teacher as soon as it exists
     started = time.perf_counter()
     groups, scoring = _sample_groups(run, step, mine, rubrics)
+    if hasattr(run.engine, "sleep"):  # colocated vLLM frees its memory for the forward and backward
+        run.engine.sleep()
     times["rollout"] = time.perf_counter() - started
     local_tokens = sum(len(r.completion_ids) for g in groups for r in g.rollouts)
     [global_tokens] = run.dist.sum([float(local_tokens)])
@@ -331,9 +334,25 @@ def _maybe_checkpoint(run: Run, done: int, run_dir: Path) -> None:
 def _rollout_engine(
     config: TrainConfig, student: Student, dist: distributed.Dist, run_dir: Path
 ) -> RolloutEngine:
-    """Sampling from the student's current weights: in this process (`hf`) or a vLLM server per rank."""
+    """Sampling from the student's current weights: in this process (`hf`, `vllm_colocate`) or a vLLM
+    server per rank."""
     if config.rollout_engine == "hf":
         return HfRollout(student.model, student.tokenizer)
+    if config.rollout_engine == "vllm_colocate":
+        from rcsd.trainer.rollout.colocate import ColocatedVllmRollout
+
+        settings = config.colocate
+        colocated = ColocatedVllmRollout(
+            student.model_path,
+            next(student.model.parameters()).dtype,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            cpu_kv_cache_gb=settings.cpu_kv_cache_gb,
+            max_model_len=settings.max_model_len,
+            sleep=settings.sleep,
+            seed=config.seed,
+        )
+        colocated.update(student.model)  # the adapter (or a resumed run's weights), not the bare base
+        return colocated
     from rcsd.trainer.rollout.vllm import VllmRollout
 
     urls = config.services.rollout_urls
@@ -392,6 +411,7 @@ def _group_loss(
     )
     logprobs_B_T, mask_B_T = scores.logprobs_B_T, scores.mask_B_T
     tokens = float(mask_B_T.sum())
+    token_weights_B_T = _sampler_gap(config, group.rollouts, logprobs_B_T, mask_B_T, sums)
     sums["tokens"] += tokens
     sums["rollouts"] += len(completions)
     sums["truncated"] += sum(r.truncated for r in group.rollouts)
@@ -408,12 +428,13 @@ def _group_loss(
             mask_B_T,
             clip_eps=config.loss.grpo_clip_eps,
             loss_type=config.loss.grpo_loss_type,
+            token_weights_B_T=token_weights_B_T,
         )
         sums["reward"] += float(rewards_B.sum())
     else:
         assert scored is not None and teacher is not None
         teacher = {k: v.to(logprobs_B_T.device) for k, v in teacher.items()}
-        loss, metrics = _distillation_loss(config, scores, teacher)
+        loss, metrics = _distillation_loss(config, scores, teacher, token_weights_B_T)
         with torch.no_grad():
             teacher_lp_B_T = teacher["teacher_logprobs_B_T"]
             sums["kl_sampled"] += float(((logprobs_B_T.detach() - teacher_lp_B_T) * mask_B_T).sum())
@@ -428,8 +449,46 @@ def _group_loss(
     return loss, tokens
 
 
+def _sampler_gap(
+    config: TrainConfig,
+    rollouts: list[Rollout],
+    logprobs_B_T: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    sums: dict[str, float],
+) -> torch.Tensor | None:
+    """Adds the sampler-vs-trainer log-prob gap to `sums` where the engine reports its log-probs (both
+    at temperature 1: what differs is the engine's kernels and dtype, and the trainer's dropout);
+    returns the truncated importance weights with `loss.importance_cap`, else None."""
+    sampled = [r.sampler_logprobs for r in rollouts]
+    if not _reports_sampler(config) or any(lp is None for lp in sampled):
+        return None
+    sampler_B_T = torch.zeros_like(logprobs_B_T)
+    for b, row in enumerate(sampled):
+        sampler_B_T[b, : len(row)] = torch.tensor(row, dtype=sampler_B_T.dtype)
+    cap = config.loss.importance_cap
+    weights_B_T, gap = losses.truncated_importance_weights(
+        logprobs_B_T, sampler_B_T, mask_B_T, cap or math.inf
+    )
+    tokens = float(mask_B_T.sum())
+    sums["sampler_tokens"] += tokens
+    sums["sampler_gap"] += gap["sampler_gap"] * tokens
+    sums["sampler_gap_abs"] += gap["sampler_gap_abs"] * tokens
+    sums["is_capped"] += gap["is_capped_frac"] * tokens
+    diff_B_T = torch.where(mask_B_T, (logprobs_B_T.detach() - sampler_B_T).abs(), 0.0)
+    sums["sampler_gap_max"] = max(sums["sampler_gap_max"], float(diff_B_T.max()))
+    return weights_B_T if cap is not None else None
+
+
+def _reports_sampler(config: TrainConfig) -> bool:
+    """The vLLM engines report the sampler's log-probs (the same on every rank)."""
+    return config.rollout_engine != "hf"
+
+
 def _distillation_loss(
-    config: TrainConfig, scores: CompletionScores, teacher: dict[str, torch.Tensor]
+    config: TrainConfig,
+    scores: CompletionScores,
+    teacher: dict[str, torch.Tensor],
+    token_weights_B_T: torch.Tensor | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     settings = config.loss
     if settings.name == "sampled_rkl":
@@ -438,12 +497,14 @@ def _distillation_loss(
             teacher["teacher_logprobs_B_T"],
             scores.mask_B_T,
             advantage_clip=settings.advantage_clip,
+            token_weights_B_T=token_weights_B_T,
         )
     assert scores.topk_logits_B_T_K is not None and scores.in_vocab_B_T_K is not None
     topk = (scores.topk_logits_B_T_K, scores.in_vocab_B_T_K, teacher["topk_logprobs_B_T_K"], scores.mask_B_T)
+    weights = {"token_weights_B_T": token_weights_B_T}
     if settings.name == "topk_jsd":
-        return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau, clip=settings.clip)
-    return losses.topk_fkl(*topk, tau=settings.tau, clip=settings.clip)
+        return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau, clip=settings.clip, **weights)
+    return losses.topk_fkl(*topk, tau=settings.tau, clip=settings.clip, **weights)
 
 
 def _step_metrics(
@@ -451,7 +512,10 @@ def _step_metrics(
 ) -> dict[str, float]:
     """Sums over ranks turned into means; times are rank 0's (every rank waits for the slowest)."""
     grad_norm = sums.pop("grad_norm", None)
+    gap_max = sums.pop("sampler_gap_max", 0.0)
     always = {"tokens", "rollouts", "truncated"}
+    if _reports_sampler(config):
+        always |= {"sampler_tokens", "sampler_gap", "sampler_gap_abs", "is_capped"}
     if config.teacher.reason_first:
         always |= {"analysis_tokens", "analyses", "analysis_truncated"}
     keys = sorted(set(sums) | always)
@@ -471,6 +535,16 @@ def _step_metrics(
     )
     if grad_norm is not None:
         metrics["grad_norm"] = grad_norm
+    if _reports_sampler(config):  # trainer log-prob - sampler log-prob, per completion token
+        sampled = max(total["sampler_tokens"], 1.0)
+        metrics["sampler/logprob_gap_mean"] = total["sampler_gap"] / sampled
+        metrics["sampler/logprob_gap_abs_mean"] = total["sampler_gap_abs"] / sampled
+        # a max over ranks from a sum: each rank fills its own slot
+        metrics["sampler/logprob_gap_abs_max"] = max(
+            dist.sum([gap_max if r == dist.rank else 0.0 for r in range(dist.world_size)])
+        )
+        if config.loss.importance_cap is not None:
+            metrics["sampler/is_capped_frac"] = total["is_capped"] / sampled
     if config.method == "grpo":
         metrics["reward_mean"] = total["reward"] / rollouts
     else:
