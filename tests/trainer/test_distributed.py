@@ -108,3 +108,13 @@ def test_fsdp_resumes_exactly(tiny_model_dir, trainer_services, questions_file, 
     assert resumed.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"lora": {"enabled": True}}, {"probe": {"data": ["x.jsonl"]}}, {"rollout_engine": "vllm"}],
+    ids=["lora", "probe", "vllm"],
+)
+def test_fsdp_refuses_what_it_cannot_shard(fields, tmp_path):
+    with pytest.raises(ValueError, match="fsdp"):
+        TrainConfig.model_validate({**FULL, "output_dir": str(tmp_path), **fields})

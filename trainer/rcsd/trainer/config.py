@@ -267,6 +267,8 @@ class TrainConfig(_Section):
             raise ValueError("distributed.strategy fsdp is for full fine-tuning: set lora.enabled false")
         if self.distributed.strategy == "fsdp" and self.probe.data:
             raise ValueError("the probe runs on rank 0 alone, which a sharded (fsdp) student cannot")
+        if self.distributed.strategy == "fsdp" and self.rollout_engine != "hf":
+            raise ValueError("fsdp rollouts are hf only: no vLLM engine takes weights from FSDP shards yet")
         writer_mode = self.teacher.context_mode in RUBRIC_WRITER_MODES
         if self.stage == "rubric_generator" and (self.method != "rcsd" or not writer_mode):
             raise ValueError(
