@@ -70,9 +70,9 @@ def small_body(service: str, client: int, i: int, distinct: int) -> tuple[str, d
     if service == "teacher":
         ids = [[(client * 31 + i * 7 + j * 3 + t) % 900 + 1 for t in range(32)] for j in range(4)]
         request = TeacherRequest(question=f"q{client}", context_mode="none", completions=ids, top_k=8)
-        return "/teacher_logprobs", request.model_dump(mode="json")
+        return "/v1/teacher_logprobs", request.model_dump(mode="json")
     request = RubricRequest(question=f"Question {(client + i) % distinct}?", bounds=BOUNDS, max_tokens=1300)
-    return "/rubrics", request.model_dump(mode="json")
+    return "/v1/rubrics", request.model_dump(mode="json")
 
 
 def huge_body(service: str, size: int) -> tuple[str, dict]:
@@ -85,12 +85,13 @@ def huge_body(service: str, size: int) -> tuple[str, dict]:
             completions=[[(t % 900) + 1] * 256 for t in range(16)],
             top_k=8,
         )
-        return "/teacher_logprobs/batch", TeacherBatchRequest(groups=[group] * size).model_dump(mode="json")
+        batch = TeacherBatchRequest(groups=[group] * size)
+        return "/v1/teacher_logprobs/batch", batch.model_dump(mode="json")
     requests = [
         RubricRequest(question=f"Huge batch question {i}?", bounds=BOUNDS, max_tokens=1300)
         for i in range(size)
     ]
-    return "/rubrics/batch", RubricBatchRequest(requests=requests).model_dump(mode="json")
+    return "/v1/rubrics/batch", RubricBatchRequest(requests=requests).model_dump(mode="json")
 
 
 async def send(

@@ -45,6 +45,8 @@ def wait_until_ok(
 class ServiceProcess:
     """`rcsd serve <service> ...` as a child process; logs go to a file for failed tests."""
 
+    ready_path = "/ready"
+
     def __init__(self, service: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None):
         self.service = service
         self.args = args
@@ -54,8 +56,8 @@ class ServiceProcess:
         self.env = {**vllm_cpu_env(), **os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 180) -> ServiceProcess:
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "rcsd.services.cli",
@@ -65,16 +67,20 @@ class ServiceProcess:
             str(self.port),
             *self.args,
         ]
+
+    def start(self, timeout_s: float = 180) -> ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
             )
         self.wait_ready(timeout_s)
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
         assert self.proc is not None
-        wait_until_ok(f"{self.url}/ready", self.proc, timeout_s, lambda: f"{self.service}:\n{self.logs()}")
+        wait_until_ok(
+            f"{self.url}{self.ready_path}", self.proc, timeout_s, lambda: f"{self.service}:\n{self.logs()}"
+        )
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
@@ -89,6 +95,29 @@ class ServiceProcess:
         """Graceful stop (SIGTERM), then a hard kill if it hangs; returns the exit code."""
         stop_all([self], timeout_s)
         return None if self.proc is None else self.proc.returncode
+
+
+class StockVLLMProcess(ServiceProcess):
+    """vLLM's own OpenAI server, unmodified (`vllm serve MODEL`, `args` its flags): a stock teacher."""
+
+    ready_path = "/health"
+
+    def __init__(self, model: Path, args: list[str], log_dir: Path, cpu_kv_cache_gib: int = 2) -> None:
+        """`cpu_kv_cache_gib`: vllm-cpu's KV cache (2: as rcsd's engine; less for a tiny model)."""
+        super().__init__("vllm-openai", args, log_dir, env={"VLLM_CPU_KVCACHE_SPACE": str(cpu_kv_cache_gib)})
+        self.model = model
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",  # what `vllm serve` runs (vllm-cpu's CLI cannot
+            "--model",  # find its version: its distribution is named vllm-cpu)
+            str(self.model),
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
 
 
 def stop_all(processes: Iterable[ServiceProcess], timeout_s: float = 30) -> None:

@@ -151,6 +151,12 @@ class ServicesConfig(_Section):
     deadline_s: float = Field(default=1800.0, gt=0.0)
     timeout_s: float = Field(default=600.0, gt=0.0, description="one attempt")
     max_retries: int = Field(default=1000, ge=0)
+    # rcsd: rcsd's teacher service; stock_vllm: an unmodified `vllm serve` at teacher_urls, scored with
+    # prompt_logprobs (rcsd.client.stock_vllm: no teacher.rationale auto, top_k <= its --max-logprobs)
+    teacher_server: Literal["rcsd", "stock_vllm"] = "rcsd"
+    pin_teacher: bool = Field(
+        default=True, description="fail the run if the teacher's model revision changes; false: allow it"
+    )
 
     @property
     def api_key(self) -> str | None:

@@ -24,7 +24,8 @@ from rcsd.client import (
     TeacherResponse,
 )
 from rcsd.client.protocol import ContextMode
-from rcsd.trainer.config import RubricConfig, TrainConfig
+from rcsd.client.stock_vllm import StockVLLMTeacher
+from rcsd.trainer.config import RubricConfig, ServicesConfig, TrainConfig
 from rcsd.trainer.data.questions import Question
 
 # Calls in flight at once per service and rank: enough to keep a replica's batcher fed.
@@ -58,6 +59,13 @@ def rubric_request(settings: RubricConfig, question: Question) -> RubricRequest:
     )
 
 
+def teacher_client(services: ServicesConfig, options: dict[str, Any]) -> TeacherClient | StockVLLMTeacher:
+    """rcsd's teacher service, or a stock vLLM server scored with prompt_logprobs (`teacher_server`)."""
+    if services.teacher_server == "stock_vllm":
+        return StockVLLMTeacher(services.teacher_urls, **options)
+    return TeacherClient(services.teacher_urls, pin_teacher=services.pin_teacher, **options)
+
+
 class ServiceCalls:
     """Clients and worker threads for one rank; `close()` stops them."""
 
@@ -73,8 +81,7 @@ class ServiceCalls:
             # is asked again rather than failing the run
             "retry_read_timeouts": True,
         }
-        uses_teacher = config.method != "grpo"
-        self.teacher = TeacherClient(services.teacher_urls, **options) if uses_teacher else None
+        self.teacher = teacher_client(services, options) if config.method != "grpo" else None
         self.rubrics = RubricClient(services.rubric_urls, **options) if config.needs_rubrics else None
         self._teacher_pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="teacher")
         self._rubric_pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="rubric")
