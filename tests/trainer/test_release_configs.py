@@ -69,3 +69,42 @@ STAGE2_RELEASE = {
 def test_qwen3_rcsd_matches_release(field: str) -> None:
     config = load_config(shipped_config("qwen3_8b_gpu.yaml"))
     assert _get(config, field) == STAGE2_RELEASE[field]
+
+
+def _compare_arms() -> dict:
+    from pathlib import Path
+
+    from rcsd.recipes.compare.config import load_compare_config
+
+    compare = load_compare_config(shipped_config("compare_qwen3_8b_gpu.yaml"))
+    configs = {arm.name: compare.arm_config(arm, Path("unused")) for arm in compare.runs()}
+    return {name: config for name, config in configs.items() if config is not None}
+
+
+# what the comparison's training must share with qwen3_8b_gpu.yaml: the release's settings
+SHARED_WITH_RECIPE = [
+    *STAGE2_RELEASE, "lora.dropout", "lora.target_modules", "lr_schedule", "sampling.prompt_version",
+    "sampling.enable_thinking", "teacher.thinking", "teacher.analysis_thinking", "teacher.analysis_max_tokens",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("field", SHARED_WITH_RECIPE)
+def test_compare_rcsd_arm_trains_as_the_recipe(field: str) -> None:
+    recipe = load_config(shipped_config("qwen3_8b_gpu.yaml"))
+    assert _get(_compare_arms()["rcsd"], field) == _get(recipe, field)
+
+
+def test_compare_names_both_opsd_baselines() -> None:
+    """The RCSD repo's reference-only run (its trainer, so its clip 0.05 and reason-first) and the OPSD
+    paper's (generalised JSD 0.5 at tau 1.1, no clip, not reason-first): named, not one ambiguous OPSD."""
+    arms = _compare_arms()
+    repo, paper = arms["opsd-rcsd-repo"], arms["opsd-paper"]
+    assert repo.teacher.context_mode == paper.teacher.context_mode == "reference"
+    assert (repo.loss.name, repo.loss.tau, repo.loss.clip, repo.teacher.reason_first) == (
+        "topk_fkl",
+        1.2,
+        0.05,
+        True,
+    )
+    assert (paper.loss.name, paper.loss.beta, paper.loss.tau, paper.loss.clip) == ("topk_jsd", 0.5, 1.1, None)
+    assert not paper.teacher.reason_first and "opsd" not in arms
