@@ -55,6 +55,8 @@ def test_student_positions_are_the_teachers(tiny_model_dir, trainer_services, qu
     assert probe["before"]["topk_kl"] == pytest.approx(0.0, abs=1e-5)
     assert probe["before"]["sampled_kl"] == pytest.approx(0.0, abs=1e-4)
     assert probe["after"]["reference_logprob"] != probe["before"]["reference_logprob"]
+    assert probe["before"]["topk_kl_per_question"] == pytest.approx([0.0, 0.0], abs=1e-5)  # per question
+    assert len(probe["after"]["reference_logprob_per_question"]) == 2
     assert "| measure | before | after | change |" in (run_dir / "report.md").read_text()
 
 

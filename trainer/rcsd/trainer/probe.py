@@ -7,13 +7,16 @@ Two numbers on questions the run never trains on:
   `sampled_kl` is log q - log p on those tokens.
 - `reference_logprob`: the student's mean log-prob per token of each question's reference answer,
   after its own prompt.
-Results go to `probe.json` in the run folder; rank 0 measures, the others wait.
+Both also per question (`<measure>_per_question`, each question's own per-token mean, in order), so a
+change can be given with its uncertainty over questions. Results go to `probe.json` in the run folder;
+rank 0 measures, the others wait.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,13 +50,13 @@ class RecordedProbe:
     def __init__(self, config: TrainConfig, student: Student, results_path: Path) -> None:
         self.config, self.student, self.results_path = config, student, results_path
 
-    def _measure(self) -> dict[str, float]:
+    def _measure(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def _heading(self) -> list[str]:
         raise NotImplementedError
 
-    def measure(self, label: str, dist: Dist) -> dict[str, float] | None:
+    def measure(self, label: str, dist: Dist) -> dict[str, Any] | None:
         """Measure on rank 0, record under `label`, print; other ranks just wait."""
         results = None
         if dist.is_main:
@@ -64,7 +67,8 @@ class RecordedProbe:
             recorded = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
             recorded[label] = results
             self.results_path.write_text(json.dumps(recorded, indent=2) + "\n")
-            print(f"{self.name} {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+            means = {k: v for k, v in results.items() if isinstance(v, float)}
+            print(f"{self.name} {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
         dist.barrier()
         return results
 
@@ -100,7 +104,7 @@ class Probe(RecordedProbe):
             "",
         ]
 
-    def _measure(self) -> dict[str, float]:
+    def _measure(self) -> dict[str, Any]:
         tokenizer, model = self.student.tokenizer, self.student.model
         sampling = self.config.sampling
         prompts = [
@@ -111,6 +115,7 @@ class Probe(RecordedProbe):
         rubrics = [f.result() for f in self.calls.fetch_rubrics(self.questions)] or [None] * len(prompts)
         sums = {"topk_kl": 0.0, "sampled_kl": 0.0, "tokens": 0.0, "reference_logprob": 0.0, "ref_tokens": 0.0}
         pad_id = tokenizer.pad_token_id or 0
+        per_question: dict[str, list[float]] = {"topk_kl": [], "reference_logprob": []}
         for question, prompt, answer, rubric in zip(self.questions, prompts, answers, rubrics, strict=True):
             if self.calls.teacher is not None:
                 scored = self.calls.score(question, rubric, [answer]).result()
@@ -127,14 +132,20 @@ class Probe(RecordedProbe):
                 )
                 student_lp = scores.logprobs_B_T.cpu()
                 sums["topk_kl"] += metrics["loss"] * len(answer)
+                per_question["topk_kl"].append(float(metrics["loss"]))
                 sums["sampled_kl"] += float((student_lp - teacher["teacher_logprobs_B_T"]).sum())
                 sums["tokens"] += len(answer)
             reference = tokenizer(question.reference_answer, add_special_tokens=False)["input_ids"]
-            sums["reference_logprob"] += float(
+            reference_logprob = float(
                 score_completions(model, prompt, [reference], pad_id).logprobs_B_T.sum()
             )
+            sums["reference_logprob"] += reference_logprob
             sums["ref_tokens"] += len(reference)
-        results = {"reference_logprob": sums["reference_logprob"] / max(sums["ref_tokens"], 1.0)}
+            per_question["reference_logprob"].append(reference_logprob / max(len(reference), 1))
+        results: dict[str, Any] = {
+            "reference_logprob": sums["reference_logprob"] / max(sums["ref_tokens"], 1.0),
+            **{f"{k}_per_question": v for k, v in per_question.items() if v},
+        }
         if sums["tokens"]:
             results["topk_kl"] = sums["topk_kl"] / sums["tokens"]
             results["sampled_kl"] = sums["sampled_kl"] / sums["tokens"]

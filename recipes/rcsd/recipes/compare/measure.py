@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from rcsd.recipes.compare.config import ArmConfig, CompareConfig, ServiceUrls
 from rcsd.trainer import checkpoint as ckpt
@@ -52,7 +53,7 @@ def measure_config(config: CompareConfig, urls: ServiceUrls | None) -> TrainConf
 
 def measure_run(
     config: CompareConfig, arm: ArmConfig, train: TrainConfig | None, run_dir: Path, urls: ServiceUrls | None
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Measure the run's final weights (the base model for `base`) on every `measure.data` set."""
     from rcsd.recipes.evaluate import free_memory
 
@@ -87,7 +88,7 @@ def measures_dir(run_dir: Path, spec: str) -> Path:
     return run_dir / MEASURES_DIR / Path(spec).stem
 
 
-def read_measures(run_dir: Path, spec: str) -> dict[str, dict[str, float]]:
+def read_measures(run_dir: Path, spec: str) -> dict[str, dict[str, Any]]:
     """Run name -> that run's measures on one set (empty before any run was measured)."""
     path = measures_dir(run_dir, spec) / RESULTS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
