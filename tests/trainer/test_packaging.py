@@ -61,7 +61,9 @@ def test_the_trainer_extra_leaves_out_the_services() -> None:
     assert {"torch", "transformers", "peft", "pyyaml", "safetensors"} <= names
     assert not names & {"fastapi", "uvicorn", "pydantic-settings", "vllm", "xgrammar", "psycopg"}
     assert {"fastapi", "uvicorn", "pydantic-settings"} <= {_name(r) for r in extras["services"]}
-    assert '".[services,trainer,dev]"' in (ROOT / "deploy" / "install.sh").read_text()
+    # make test installs TRL at the version the `trl` extra names, so tests/client/test_trl.py runs there
+    assert '".[services,trainer,dev,trl]"' in (ROOT / "deploy" / "install.sh").read_text()
+    assert extras["trl"][0].startswith("trl==")
 
 
 def test_one_distribution_owns_the_client_and_the_engine_is_an_extra() -> None:
