@@ -108,3 +108,24 @@ def test_compare_names_both_opsd_baselines() -> None:
     )
     assert (paper.loss.name, paper.loss.beta, paper.loss.tau, paper.loss.clip) == ("topk_jsd", 0.5, 1.1, None)
     assert not paper.teacher.reason_first and "opsd" not in arms
+
+
+# The release's rubric ablations (scripts/run_opsd_rar_reward_8b_2gpu_{cache_random,generic,cache_noisy,
+# cache_reduced}_rubric_b0.sh @ 8509ca9, --rubric_source gt): one arm each, RCSD as the rcsd arm otherwise
+ABLATION_ARMS = {
+    "rcsd-random-rubric": "random",
+    "rcsd-generic-rubric": "generic",
+    "rcsd-noisy-rubric": "noisy",
+    "rcsd-reduced-rubric": "reduced",
+    "rcsd-ground-truth-rubric": "ground_truth",
+}
+
+
+def test_compare_has_an_arm_per_rubric_ablation() -> None:
+    arms = _compare_arms()
+    rcsd = arms["rcsd"].model_dump(exclude={"output_dir"})
+    assert rcsd["teacher"]["rubric_source"] == "generated"
+    for name, source in ABLATION_ARMS.items():
+        arm = arms[name].model_dump(exclude={"output_dir"})
+        assert arm["teacher"].pop("rubric_source") == source
+        assert {**arm, "teacher": {**arm["teacher"], "rubric_source": "generated"}} == rcsd, name

@@ -1,9 +1,10 @@
-"""The learnability control, `teacher.rubric_of: shifted`: the teacher is shown another question's rubric.
+"""The learnability control, `teacher.rubric_source: shifted`: the teacher is shown another question's rubric.
 
 - each training question's rubric request (as it goes on the wire) is for the next training question,
   cyclically: every rubric is used exactly once and no question ever gets its own;
-- `own` (the default) asks for each question's own rubric;
-- the option is refused where the teacher sees no rubric (OPSD's reference-only context, GRPO).
+- `generated` (the default) asks for each question's own rubric;
+- the option is refused where the teacher sees no rubric (OPSD's reference-only context, GRPO);
+- a config written with the field's old name, `rubric_of: own | shifted`, still loads.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ class _RecordingRubrics:
         pass
 
 
-def _requested(rubric_of: str) -> tuple[list[str], list[tuple[str, str]]]:
+def _requested(rubric_source: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The training questions' texts, and (question, reference) of the rubric requested for each."""
-    config = TrainConfig(data=[DATA], data_limit=16, teacher={"rubric_of": rubric_of})
+    config = TrainConfig(data=[DATA], data_limit=16, teacher={"rubric_source": rubric_source})
     calls = ServiceCalls(config)
     recorder = _RecordingRubrics()
     calls.rubrics = recorder  # type: ignore[assignment]
@@ -66,15 +67,22 @@ def test_shifted_shows_each_question_the_next_questions_rubric():
     assert sorted(requested) == sorted((q.prompt_text, q.reference_answer) for q in questions)
 
 
-def test_own_asks_for_each_questions_own_rubric():
-    texts, requested = _requested("own")
+def test_generated_asks_for_each_questions_own_rubric():
+    texts, requested = _requested("generated")
     assert [question for question, _ in requested] == texts
 
 
 @pytest.mark.parametrize("changes", [{"method": "opsd", "teacher": {"context_mode": "reference"}}])
 def test_shifted_needs_a_teacher_that_sees_a_rubric(changes):
-    teacher = {**changes.get("teacher", {}), "rubric_of": "shifted"}
-    with pytest.raises(ValueError, match="rubric_of shifted needs"):
+    teacher = {**changes.get("teacher", {}), "rubric_source": "shifted"}
+    with pytest.raises(ValueError, match="rubric_source shifted needs"):
         TrainConfig(data=[DATA], **{**changes, "teacher": teacher})
-    with pytest.raises(ValueError, match="rubric_of shifted needs"):
-        TrainConfig(data=[DATA], method="grpo", rollouts_per_prompt=2, teacher={"rubric_of": "shifted"})
+    with pytest.raises(ValueError, match="rubric_source shifted needs"):
+        TrainConfig(data=[DATA], method="grpo", rollouts_per_prompt=2, teacher={"rubric_source": "shifted"})
+
+
+def test_the_old_name_rubric_of_still_loads():
+    assert TrainConfig(teacher={"rubric_of": "shifted"}).teacher.rubric_source == "shifted"
+    assert TrainConfig(teacher={"rubric_of": "own"}).teacher.rubric_source == "generated"
+    with pytest.raises(ValueError, match="old name"):
+        TrainConfig(teacher={"rubric_of": "shifted", "rubric_source": "random"})

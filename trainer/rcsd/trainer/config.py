@@ -24,6 +24,7 @@ from rcsd.client.protocol.teacher import MODES_SHOWING_RUBRIC
 
 SHIPPED_CONFIGS = "configs"  # folder inside rcsd.trainer: `rcsd train smollm2_cpu.yaml` finds it there
 API_KEY_ENV = "RCSD_API_KEY"
+RubricSource = Literal["generated", "shifted", "random", "generic", "noisy", "reduced", "ground_truth"]
 
 
 class _Section(BaseModel):
@@ -106,10 +107,24 @@ class TeacherConfig(_Section):
     analysis_max_tokens: int = Field(default=4096, ge=1, description="reason_first: the analysis budget")
     thinking: bool | None = Field(default=None, description="enable_thinking of the teacher's context")
     analysis_thinking: bool | None = Field(default=None, description="enable_thinking of the analysis prompt")
-    # The control of the learnability experiment: "shifted" shows each training question the rubric of
-    # the next question of the training set (a cyclic shift: a real rubric, never its own), the rest of
-    # the context unchanged, so what the rubric itself teaches can be told from what the reference does.
-    rubric_of: Literal["own", "shifted"] = "own"
+    # Which rubric the teacher is shown, the rest of the context unchanged (rcsd.trainer.ablations):
+    # "generated", the rubric service's for the question; the learnability control "shifted", the next
+    # training question's (a cyclic shift: a real rubric, never its own); the release's ablations
+    # "random" (another question's), "generic" (one rubric for all), "noisy" (half its criteria another
+    # question's), "reduced" (half its criteria) and "ground_truth" (the data set's rubric).
+    rubric_source: RubricSource = "generated"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rubric_of(cls, data: Any) -> Any:
+        """`rubric_of: own | shifted`, the field's name before the ablations, still loads."""
+        if isinstance(data, dict) and "rubric_of" in data:
+            data = dict(data)
+            legacy = data.pop("rubric_of")
+            source = "generated" if legacy == "own" else legacy
+            if data.setdefault("rubric_source", source) != source:
+                raise ValueError("teacher.rubric_of is the old name of teacher.rubric_source: set one")
+        return data
 
 
 class RubricConfig(_Section):
@@ -297,8 +312,11 @@ class TrainConfig(_Section):
             raise ValueError(
                 "loss.importance_cap needs sampler log-probs: rollout_engine vllm or vllm_colocate"
             )
-        if self.teacher.rubric_of == "shifted" and not self.needs_rubrics:
-            raise ValueError("teacher.rubric_of shifted needs a teacher context that shows a rubric")
+        source = self.teacher.rubric_source
+        if source != "generated" and (not self.needs_rubrics or self.stage != "reasoner"):
+            raise ValueError(
+                f"teacher.rubric_source {source} needs stage reasoner and a teacher context that shows a rubric"
+            )
         if self.stage == "reasoner" and writer_mode:
             raise ValueError(
                 f"teacher.context_mode {self.teacher.context_mode} is for stage rubric_generator"

@@ -9,11 +9,16 @@ The loop (`rcsd.trainer.train`) is the same for both stages; only the task diffe
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from rcsd.client.prompts.teacher_context import analysis_prompt_ids
+from rcsd.client.protocol import Criterion
+from rcsd.trainer import ablations
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data.questions import Question, load_questions
 from rcsd.trainer.probe import Probe, RecordedProbe
@@ -55,12 +60,11 @@ class AnsweringQuestions:
     def __init__(self, config: TrainConfig, calls: ServiceCalls) -> None:
         self.config, self.calls = config, calls
         self.questions = load_questions(config.data)[: config.data_limit]
-        self._rubric_source = {q.id: q for q in self.questions}  # whose rubric each question is shown
-        if config.teacher.rubric_of == "shifted":
-            if len(self.questions) < 2:
-                raise ValueError("teacher.rubric_of shifted needs at least two training questions")
-            shifted = self.questions[1:] + self.questions[:1]
-            self._rubric_source = {q.id: other for q, other in zip(self.questions, shifted, strict=True)}
+        source = config.teacher.rubric_source
+        self._partner = ablations.partners(self.questions, source, config.seed)  # whose rubric is fetched
+        self._ground_truth = {  # converted now, so a question without a rubric stops the run at start
+            q.id: ablations.ground_truth_rubric(q) for q in self.questions if source == "ground_truth"
+        }
 
     def prompt_ids(self, tokenizer: Any, question: Question) -> list[int]:
         sampling = self.config.sampling
@@ -82,9 +86,32 @@ class AnsweringQuestions:
         )
 
     def fetch_rubrics(self, questions: list[Question]) -> list[Future[Rubric]]:
-        """The rubrics the teacher is shown: each question's own, or with `teacher.rubric_of: shifted`
-        the next training question's."""
-        return self.calls.fetch_rubrics([self._rubric_source.get(q.id, q) for q in questions])
+        """The rubrics the teacher is shown (`teacher.rubric_source`, `rcsd.trainer.ablations`): built
+        from the generated rubrics of the question and its partner as they arrive, or known already."""
+        source = self.config.teacher.rubric_source
+        if source in ("generic", "ground_truth"):
+            return [
+                _done(list(ablations.generic_rubric()) if source == "generic" else self._ground_truth[q.id])
+                for q in questions
+            ]
+        fetched = self.calls.fetch_rubrics([self._partner.get(q.id, q) for q in questions])
+        if source == "reduced":
+            return [_after([f], partial(self._ablated, q)) for q, f in zip(questions, fetched, strict=True)]
+        if source == "noisy":  # the question's own generated rubric, with some of its partner's criteria
+            own = self.calls.fetch_rubrics(questions)
+            return [
+                _after([mine, theirs], partial(self._ablated, q))
+                for q, mine, theirs in zip(questions, own, fetched, strict=True)
+            ]
+        return fetched  # generated, shifted, random: a generated rubric as it is
+
+    def _ablated(self, question: Question, parts: list[list[Criterion]]) -> list[Criterion]:
+        """`reduced` of the question's generated rubric, or `noisy` of it and its partner's."""
+        source = self.config.teacher.rubric_source
+        rng = ablations.question_rng(source, self.config.seed, question.id)
+        if source == "reduced":
+            return ablations.reduced(parts[0], rng)
+        return ablations.noisy(parts[0], parts[1], rng)
 
     def score(
         self,
@@ -97,6 +124,38 @@ class AnsweringQuestions:
 
     def probe(self, student: Student, run_dir: Path) -> RecordedProbe | None:
         return Probe(self.config, student, self.calls, run_dir) if self.config.probe.data else None
+
+
+def _done(criteria: list[Criterion]) -> Future[Rubric]:
+    future: Future[Rubric] = Future()
+    future.set_result(Rubric(criteria, latency_s=0.0))
+    return future
+
+
+def _after(
+    parts: list[Future[Rubric]], build: Callable[[list[list[Criterion]]], list[Criterion]]
+) -> Future[Rubric]:
+    """The rubric `build` makes of the parts' criteria once all have arrived (None if one was refused:
+    the question is then scored with the reference only, as a refused generated rubric is)."""
+    result: Future[Rubric] = Future()
+    waiting, lock = [len(parts)], threading.Lock()
+
+    def arrived(_: Future[Rubric]) -> None:
+        with lock:
+            waiting[0] -= 1
+            if waiting[0]:
+                return
+        try:
+            rubrics = [part.result() for part in parts]
+            present = [r.criteria for r in rubrics if r.criteria is not None]
+            built = build(present) if len(present) == len(rubrics) else None
+            result.set_result(Rubric(built, latency_s=max(r.latency_s for r in rubrics)))
+        except BaseException as exc:  # a failed request fails the step that waits on it
+            result.set_exception(exc)
+
+    for part in parts:
+        part.add_done_callback(arrived)
+    return result
 
 
 def make_task(config: TrainConfig, calls: ServiceCalls) -> Task:

@@ -31,7 +31,11 @@ def measure_config(config: CompareConfig, urls: ServiceUrls | None) -> TrainConf
     assert config.measure is not None
     shared = config.shared_config()
     teacher = shared.teacher.model_copy(
-        update={"context_mode": config.measure.context_mode, "reason_first": False, "rubric_of": "own"}
+        update={
+            "context_mode": config.measure.context_mode,
+            "reason_first": False,
+            "rubric_source": "generated",
+        }
     )
     services = shared.services
     if urls is not None:
