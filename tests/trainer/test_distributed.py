@@ -1,7 +1,8 @@
 """Torch's DDP and FSDP2 under 2 gloo ranks on CPU (the tiny model, services on loopback).
 
 - ddp (LoRA) and fsdp (full fine-tuning) each give the weights of one process on the same global
-  batch, with the optimiser's default settings;
+  batch, with the optimiser's default settings: ddp with the loss averaged per completion (the
+  default, the release's), fsdp with one token mean (`loss.normalize: token`);
 - a 2-rank fsdp run stopped after step 2 and resumed from its checkpoint (full state dicts: the HF
   model folder and the unsharded Adam state) ends with the weights of the run that never stopped.
 """
@@ -33,6 +34,7 @@ BATCH = {
     "dtype": "float64",
 }
 FULL = {"lora": {"enabled": False}, "lr": 1e-3, "distributed": {"strategy": "fsdp"}}
+TOKEN_MEAN = {"loss": {"normalize": "token"}}
 
 
 def _free_port() -> int:
@@ -69,7 +71,7 @@ def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 def test_two_gloo_ranks_equal_one_process(
     strategy, tiny_model_dir, trainer_services, questions_file, tmp_path
 ):
-    fields = {**BATCH, "checkpoint_every": 1, **(FULL if strategy == "fsdp" else {})}
+    fields = {**BATCH, "checkpoint_every": 1, **({**FULL, **TOKEN_MEAN} if strategy == "fsdp" else {})}
     single = answer_config(tiny_model_dir, trainer_services, questions_file, tmp_path / "one", **fields)
     main(single)
     _two_ranks(single.model_copy(update={"output_dir": str(tmp_path / "two")}))

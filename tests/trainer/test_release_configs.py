@@ -24,6 +24,7 @@ STAGE1_RELEASE = {
     "loss.name": "topk_fkl",  # beta 0 (the b0 script); full vocabulary there, top-K here
     "loss.tau": 1.2,
     "loss.clip": 0.05,
+    "loss.normalize": "completion",  # S1TRAINER: the same per-micro-batch (one completion) mean
     "teacher.context_mode": "rubric_writer+reference_rubric",
     "stage": "rubric_generator",
 }
@@ -60,6 +61,7 @@ STAGE2_RELEASE = {
     "loss.name": "topk_fkl",
     "loss.tau": 1.2,
     "loss.clip": 0.05,
+    "loss.normalize": "completion",  # TRAINER L536-550: sum / mask.sum() per completion, then GA's mean
     "teacher.top_k": 20,
     "teacher.reason_first": True,
 }

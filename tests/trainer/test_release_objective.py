@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
 
@@ -88,3 +89,105 @@ def test_grpo_matches_trl_loss_type_grpo() -> None:
     token_loss, _ = losses.grpo_loss(logprobs, old, adv, mask, loss_type="token_mean")
     assert not math.isclose(token_loss.item(), loss.item())
     assert losses.group_advantages(torch.tensor([1.0]), unbiased=True).item() == 0.0
+
+
+def _release_completion_loss(
+    student: torch.Tensor, teacher: torch.Tensor, tau: float, clip: float
+) -> torch.Tensor:
+    """The release's loss on a micro-batch of one completion (TRAINER L500-550, beta 0 and the top-K already
+    gathered): F.kl_div on the tau-scaled log-softmaxes, clamped per id, summed, divided by its tokens."""
+    student_log_probs = torch.nn.functional.log_softmax(student / tau, dim=-1)
+    teacher_log_probs = torch.nn.functional.log_softmax(teacher / tau, dim=-1)
+    jsd = torch.nn.functional.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True)
+    jsd = jsd.clamp(max=clip)
+    return jsd.sum() / student.shape[0]
+
+
+def test_completion_normalisation_matches_the_release() -> None:
+    """`loss.normalize: completion`: two completions of 5 and 2 tokens weigh the same, as the release's
+    micro-batches of one completion averaged by gradient accumulation; loss by hand (Python floats),
+    gradient against the release's reduction run one completion at a time."""
+    torch.manual_seed(0)
+    lengths, tau, clip = [5, 2], 1.2, 0.05
+    student = (torch.randn(2, 5, 4, dtype=torch.float64) * 2).requires_grad_()
+    teacher = (torch.randn(2, 5, 4, dtype=torch.float64) * 2).log_softmax(-1)
+    mask = torch.tensor([[t < n for t in range(5)] for n in lengths])
+    scores = CompletionScores(
+        logprobs_B_T=torch.zeros(2, 5),
+        topk_logits_B_T_K=student,
+        in_vocab_B_T_K=torch.ones(2, 5, 4, dtype=torch.bool),
+        token_ids_B_T=torch.zeros(2, 5, dtype=torch.long),
+        mask_B_T=mask,
+    )
+    config = load_config("smollm2_cpu.yaml", [f"loss.tau={tau}", f"loss.clip={clip}"])
+    assert config.loss.normalize == "completion"  # the default: the release's
+    loss, _ = _distillation_loss(config, scores, {"topk_logprobs_B_T_K": teacher}, None)
+
+    per_completion = []
+    for b, n in enumerate(lengths):
+        total = 0.0
+        for t in range(n):
+            p = (teacher[b, t] / tau).softmax(-1).tolist()
+            q = (student[b, t].detach() / tau).softmax(-1).tolist()
+            total += sum(min(a * math.log(a / c), clip) for a, c in zip(p, q, strict=True))
+        per_completion.append(total / n)
+    assert math.isclose(loss.item(), sum(per_completion) / 2, rel_tol=1e-12)
+
+    (grad,) = torch.autograd.grad(loss, student)
+    release = sum(
+        _release_completion_loss(student[b, :n], teacher[b, :n], tau, clip) for b, n in enumerate(lengths)
+    )
+    (expected,) = torch.autograd.grad(release / len(lengths), student)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-15)
+
+    token_config = load_config(
+        "smollm2_cpu.yaml", [f"loss.tau={tau}", f"loss.clip={clip}", "loss.normalize=token"]
+    )
+    token_loss, _ = _distillation_loss(token_config, scores, {"topk_logprobs_B_T_K": teacher}, None)
+    all_terms = [v * n for v, n in zip(per_completion, lengths, strict=True)]
+    assert math.isclose(token_loss.item(), sum(all_terms) / sum(lengths), rel_tol=1e-12)
+    assert not math.isclose(token_loss.item(), loss.item(), rel_tol=1e-3)
+
+    # truncated importance weights multiply each token's term inside its completion's mean
+    weights = torch.rand(2, 5, dtype=torch.float64)
+    weighted, _ = _distillation_loss(config, scores, {"topk_logprobs_B_T_K": teacher}, weights)
+    by_hand = [
+        sum(
+            float(weights[b, t])
+            * _release_completion_loss(student[b, t : t + 1], teacher[b, t : t + 1], tau, clip).item()
+            for t in range(n)
+        )
+        / n
+        for b, n in enumerate(lengths)
+    ]
+    assert math.isclose(weighted.item(), sum(by_hand) / 2, rel_tol=1e-12)
+
+
+def test_grpo_normalisation_follows_its_loss_type() -> None:
+    """GRPO's loss_type grpo is TRL's per-completion mean: loss.normalize must say the same."""
+    grpo = ["method=grpo", "rollouts_per_prompt=2"]
+    assert load_config("smollm2_cpu.yaml", grpo).loss.normalize == "completion"
+    load_config("smollm2_cpu.yaml", [*grpo, "loss.grpo_loss_type=token_mean", "loss.normalize=token"])
+    for mismatch in (["loss.grpo_loss_type=token_mean"], ["loss.normalize=token"]):
+        with pytest.raises(ValueError, match="loss.normalize"):
+            load_config("smollm2_cpu.yaml", [*grpo, *mismatch])
+
+
+def test_groups_weigh_by_completions_across_the_step() -> None:
+    """Each group's loss enters the step weighted by what it averages over, out of the step's global
+    count: its completions under `completion`, so the step is the mean over all completions (groups of
+    1 and 3 answers weigh 1/4 and 3/4 whatever their lengths); its tokens under `token`."""
+    from rcsd.trainer.data.questions import load_questions
+    from rcsd.trainer.rollout import Rollout
+    from rcsd.trainer.train import Group, _loss_count
+
+    question = load_questions(["scibench_heldout"])[0]
+    groups = [
+        Group(0, question, [Rollout([1], [5] * 40, False)], None),
+        Group(1, question, [Rollout([1], [5] * n, False) for n in (2, 3, 4)], None),
+    ]
+    completion = load_config("smollm2_cpu.yaml")
+    token = load_config("smollm2_cpu.yaml", ["loss.normalize=token"])
+    assert [_loss_count(completion, [g]) for g in groups] == [1.0, 3.0]
+    assert _loss_count(completion, groups) == 4.0
+    assert [_loss_count(token, [g]) for g in groups] == [40.0, 9.0] and _loss_count(token, groups) == 49.0

@@ -84,6 +84,12 @@ class LossConfig(_Section):
     # "grpo": TRL's loss_type grpo (the release's): per-completion mean, std with Bessel + 1e-4;
     # "token_mean": one mean over all tokens, population std + 1e-6 (rcsd's earlier default)
     grpo_loss_type: Literal["grpo", "token_mean"] = "grpo"
+    # How a step averages its token terms, over all ranks. "completion": each completion's token mean,
+    # then the mean over the step's completions (the release: a micro-batch of one completion,
+    # `sum / mask.sum()`, averaged by gradient accumulation; TRL's loss_type grpo). "token": one mean
+    # over the step's tokens, so a long answer weighs more (rcsd's earlier). GRPO's must agree with
+    # grpo_loss_type (grpo: completion, token_mean: token).
+    normalize: Literal["completion", "token"] = "completion"
     chunk_size: int = Field(
         default=256, ge=1, description="positions per output-head chunk: the loss never holds [T, V] at once"
     )
@@ -311,6 +317,13 @@ class TrainConfig(_Section):
         if self.loss.importance_cap is not None and self.rollout_engine == "hf":
             raise ValueError(
                 "loss.importance_cap needs sampler log-probs: rollout_engine vllm or vllm_colocate"
+            )
+        if self.method == "grpo" and (self.loss.grpo_loss_type == "grpo") != (
+            self.loss.normalize == "completion"
+        ):
+            raise ValueError(
+                "loss.grpo_loss_type grpo averages per completion, token_mean per token: set loss.normalize "
+                "to match (completion or token)"
             )
         source = self.teacher.rubric_source
         if source != "generated" and (not self.needs_rubrics or self.stage != "reasoner"):

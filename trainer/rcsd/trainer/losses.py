@@ -3,7 +3,9 @@
 Shapes are in the names: B completions, T completion positions, V the student's vocabulary, K the
 teacher's top-K ids per position. The top-K losses take the student's logits at the teacher's ids only
 (`gather_topk`), so the trainer never holds [B, T, V] logits for them (`student.score_completions`). `mask_B_T` is True on real completion tokens; every loss is averaged
-over those tokens (a batch with none gives a zero that still has a graph, so no NaN reaches the step).
+over those tokens (a batch with none gives a zero that still has a graph, so no NaN reaches the step):
+`normalize="token"` takes one mean over all of them, `"completion"` (the release's) each completion's
+token mean, then the mean over completions, so a long answer weighs as much as a short one.
 
 - `topk_fkl` (the released RCSD loss) and `topk_jsd` compare the student with the teacher on the
   teacher's top-K ids at each position, both renormalised over those K ids at temperature `tau`.
@@ -19,10 +21,12 @@ mean: `truncated_importance_weights` for the sampler mismatch (TIS), off (None) 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 Metrics = dict[str, float]
+Normalize = Literal["token", "completion"]
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +37,17 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 def _masked_mean(values_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> torch.Tensor:
     """Mean over the True positions; a graph-connected 0 when there are none."""
     return torch.where(mask_B_T, values_B_T, 0.0).sum() / mask_B_T.sum().clamp(min=1)
+
+
+def _loss_mean(values_B_T: torch.Tensor, mask_B_T: torch.Tensor, normalize: Normalize) -> torch.Tensor:
+    """The loss's mean of its token terms: over all True positions (`token`), or over completions of
+    each completion's mean (`completion`; a completion with no True position counts as 0)."""
+    if normalize == "token":
+        return _masked_mean(values_B_T, mask_B_T)
+    if normalize != "completion":
+        raise ValueError(f"normalize must be token or completion, not {normalize}")
+    per_completion_B = torch.where(mask_B_T, values_B_T, 0.0).sum(-1) / mask_B_T.sum(-1).clamp(min=1)
+    return per_completion_B.sum() / max(per_completion_B.numel(), 1)
 
 
 def _weighted(values_B_T: torch.Tensor, token_weights_B_T: torch.Tensor | None) -> torch.Tensor:
@@ -88,11 +103,12 @@ def _reduce_terms(
     mask_B_T: torch.Tensor,
     clip: float | None,
     token_weights_B_T: torch.Tensor | None,
+    normalize: Normalize,
 ) -> tuple[torch.Tensor, Metrics]:
     """Clip each id's term at `clip` (a clipped term passes no gradient), sum over ids, weight, mean over tokens."""
     valid_B_T_K = valid_B_T_K & mask_B_T.unsqueeze(-1)
     clipped_B_T_K = terms_B_T_K if clip is None else terms_B_T_K.clamp(max=clip)
-    loss = _masked_mean(_weighted(clipped_B_T_K.sum(-1), token_weights_B_T), mask_B_T)
+    loss = _loss_mean(_weighted(clipped_B_T_K.sum(-1), token_weights_B_T), mask_B_T, normalize)
     n_terms = valid_B_T_K.sum().clamp(min=1)
     was_clipped = (terms_B_T_K > clip) & valid_B_T_K if clip is not None else torch.zeros_like(valid_B_T_K)
     metrics = {
@@ -113,6 +129,7 @@ def topk_fkl(
     tau: float = 1.2,
     clip: float | None = 0.05,
     token_weights_B_T: torch.Tensor | None = None,
+    normalize: Normalize = "token",
 ) -> tuple[torch.Tensor, Metrics]:
     """The released RCSD loss: forward KL(teacher || student) on the teacher's top-K ids, per-id clipped.
 
@@ -122,7 +139,7 @@ def topk_fkl(
     logp, logq, valid = _topk_log_distributions(
         student_topk_logits_B_T_K, in_vocab_B_T_K, teacher_topk_logprobs_B_T_K, tau
     )
-    return _reduce_terms(_kl_terms(logp, logq, valid), valid, mask_B_T, clip, token_weights_B_T)
+    return _reduce_terms(_kl_terms(logp, logq, valid), valid, mask_B_T, clip, token_weights_B_T, normalize)
 
 
 def topk_jsd(
@@ -135,6 +152,7 @@ def topk_jsd(
     tau: float = 1.2,
     clip: float | None = None,
     token_weights_B_T: torch.Tensor | None = None,
+    normalize: Normalize = "token",
 ) -> tuple[torch.Tensor, Metrics]:
     """Generalised JSD on the teacher's top-K ids: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q.
 
@@ -154,7 +172,7 @@ def topk_jsd(
     else:
         log_m = torch.logaddexp(logp + math.log(beta), logq + math.log1p(-beta))
         terms = beta * _kl_terms(logp, log_m, valid) + (1 - beta) * _kl_terms(logq, log_m, valid)
-    return _reduce_terms(terms, valid, mask_B_T, clip, token_weights_B_T)
+    return _reduce_terms(terms, valid, mask_B_T, clip, token_weights_B_T, normalize)
 
 
 def sampled_rkl(
@@ -164,6 +182,7 @@ def sampled_rkl(
     *,
     advantage_clip: float | None = None,
     token_weights_B_T: torch.Tensor | None = None,
+    normalize: Normalize = "token",
 ) -> tuple[torch.Tensor, Metrics]:
     """On-policy distillation: a policy gradient with per-token advantage log p_teacher - log p_student.
 
@@ -174,8 +193,8 @@ def sampled_rkl(
     reverse_kl = _masked_mean(-advantage_B_T, mask_B_T)
     if advantage_clip is not None:
         advantage_B_T = advantage_B_T.clamp(-advantage_clip, advantage_clip)
-    loss = _masked_mean(
-        _weighted(-(advantage_B_T * _wide(student_logprobs_B_T)), token_weights_B_T), mask_B_T
+    loss = _loss_mean(
+        _weighted(-(advantage_B_T * _wide(student_logprobs_B_T)), token_weights_B_T), mask_B_T, normalize
     )
     metrics = {
         "loss": loss.item(),
@@ -198,22 +217,18 @@ def grpo_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """GRPO's clipped surrogate, -min(r A, clip(r, 1 - eps, 1 + eps) A). No KL penalty to a reference model.
 
-    `loss_type="grpo"` (TRL's, the release's): averaged over each completion's tokens, then over
-    completions. `"token_mean"`: averaged over all valid tokens at once (as the distillation losses and
-    DAPO), so every completion token weighs the same.
+    `loss_type="grpo"` (TRL's, the release's): normalize completion, averaged over each completion's
+    tokens, then over completions. `"token_mean"`: normalize token, averaged over all valid tokens at
+    once (as DAPO), so every completion token weighs the same.
     """
     ratio_B_T = (_wide(logprobs_B_T) - _wide(old_logprobs_B_T).detach()).exp()
     advantage_B_1 = _wide(advantages_B).detach().unsqueeze(-1)
     unclipped_B_T = ratio_B_T * advantage_B_1
     clipped_B_T = ratio_B_T.clamp(1 - clip_eps, 1 + clip_eps) * advantage_B_1
     per_token_B_T = _weighted(-torch.minimum(unclipped_B_T, clipped_B_T), token_weights_B_T)
-    if loss_type == "grpo":
-        per_seq_B = (per_token_B_T * mask_B_T).sum(-1) / mask_B_T.sum(-1).clamp(min=1)
-        loss = per_seq_B.mean()
-    elif loss_type == "token_mean":
-        loss = _masked_mean(per_token_B_T, mask_B_T)
-    else:
+    if loss_type not in ("grpo", "token_mean"):
         raise ValueError(f"loss_type must be grpo or token_mean, not {loss_type}")
+    loss = _loss_mean(per_token_B_T, mask_B_T, "completion" if loss_type == "grpo" else "token")
     was_clipped_B_T = (clipped_B_T < unclipped_B_T) & mask_B_T
     metrics = {
         "loss": loss.item(),

@@ -13,8 +13,9 @@ One RCSD step, per rank (each its share of the step's questions):
    token ids go to the teacher service (worker thread), so scoring overlaps the sampling of the next
    groups;
 3. per group, the student's logits on the same positions, the loss on the teacher's top-K, backward;
-   each group's loss is weighted by its tokens / the step's global token count, so the update is the
-   loss averaged over every valid completion token of every rank;
+   each group's loss is weighted by its completions / the step's global completion count, so the
+   update is the mean over every completion of every rank of its token mean (`loss.normalize:
+   completion`, the release's; `token`: by tokens / the global token count, one token mean);
 4. gradients summed over ranks (torch DDP or FSDP2, `distributed.strategy`), optimizer step, the
    rollout engine follows the new weights.
 Stage I (`stage: rubric_generator`) is the same loop on another task (`rcsd.trainer.tasks`): the student
@@ -213,8 +214,7 @@ def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]
     if hasattr(run.engine, "sleep"):  # colocated vLLM frees its memory for the forward and backward
         run.engine.sleep()
     times["rollout"] = time.perf_counter() - started
-    local_tokens = sum(len(r.completion_ids) for g in groups for r in g.rollouts)
-    [global_tokens] = run.dist.sum([float(local_tokens)])
+    [global_count] = run.dist.sum([_loss_count(config, groups)])  # completions or tokens, all ranks
 
     # 3. per group: teacher scores (waited for only if not there yet), student logits, loss, backward
     sums: dict[str, float] = defaultdict(float)
@@ -229,8 +229,8 @@ def train_step(run: Run, step: int, rubrics_ahead: dict[int, list[Future[Rubric]
         times["teacher_wait"] += time.perf_counter() - started
         started = time.perf_counter()
         with run.parallel.accumulate(sync=i == len(groups) - 1):  # DDP all-reduces on the last
-            loss, weight = _group_loss(config, run.student, run.parallel, group, scored, sums)
-            (loss * weight / max(global_tokens, 1.0)).backward()
+            loss, count = _group_loss(config, run.student, run.parallel, group, scored, sums)
+            (loss * count / max(global_count, 1.0)).backward()
         times["student"] += time.perf_counter() - started
 
     # 4. one optimizer step on the global average, then the rollout engine follows the new weights
@@ -381,6 +381,13 @@ class DataOrder:
         return int(np.random.default_rng([self.seed, epoch]).permutation(self.count)[offset])
 
 
+def _loss_count(config: TrainConfig, groups: list[Group]) -> float:
+    """What this rank's share of the step's loss averages over (`loss.normalize`): completions or tokens."""
+    if config.loss.normalize == "completion":
+        return float(sum(len(g.rollouts) for g in groups))
+    return float(sum(len(r.completion_ids) for g in groups for r in g.rollouts))
+
+
 def _group_seed(seed: int, position: int) -> int:
     """A group's sampling seed depends on the run's seed and its data position only (not the rank)."""
     return int(np.random.default_rng([seed, position]).integers(2**31 - 1))
@@ -398,7 +405,8 @@ def _group_loss(
     scored: Scored | None,
     sums: dict[str, float],
 ) -> tuple[torch.Tensor, float]:
-    """The group's loss (a mean over its valid tokens) and its token count; adds its metrics to `sums`."""
+    """The group's loss (`loss.normalize`'s mean) and what it averages over (its completions or its valid
+    tokens); adds its metrics to `sums`."""
     completions = _ids(group)
     pad_id = student.tokenizer.pad_token_id or 0
     teacher = to_padded_tensors([scored.response]) if scored is not None else None
@@ -443,10 +451,11 @@ def _group_loss(
         sums["teacher_latency"] += scored.latency_s
         sums["teacher_calls"] += 1
         sums["rubric_fallbacks"] += scored.context_mode != config.teacher.context_mode
+    count = _loss_count(config, [group])
     for key, value in metrics.items():
-        if key != "tokens":
-            sums[f"loss_terms/{key}"] += value * tokens
-    return loss, tokens
+        if key != "tokens":  # the loss averages as the step does; the other terms per token
+            sums[f"loss_terms/{key}"] += value * (count if key == "loss" else tokens)
+    return loss, count
 
 
 def _sampler_gap(
@@ -498,13 +507,17 @@ def _distillation_loss(
             scores.mask_B_T,
             advantage_clip=settings.advantage_clip,
             token_weights_B_T=token_weights_B_T,
+            normalize=settings.normalize,
         )
     assert scores.topk_logits_B_T_K is not None and scores.in_vocab_B_T_K is not None
     topk = (scores.topk_logits_B_T_K, scores.in_vocab_B_T_K, teacher["topk_logprobs_B_T_K"], scores.mask_B_T)
     weights = {"token_weights_B_T": token_weights_B_T}
+    normalize = settings.normalize
     if settings.name == "topk_jsd":
-        return losses.topk_jsd(*topk, beta=settings.beta, tau=settings.tau, clip=settings.clip, **weights)
-    return losses.topk_fkl(*topk, tau=settings.tau, clip=settings.clip, **weights)
+        return losses.topk_jsd(
+            *topk, beta=settings.beta, tau=settings.tau, clip=settings.clip, normalize=normalize, **weights
+        )
+    return losses.topk_fkl(*topk, tau=settings.tau, clip=settings.clip, normalize=normalize, **weights)
 
 
 def _step_metrics(
@@ -521,8 +534,9 @@ def _step_metrics(
     keys = sorted(set(sums) | always)
     total = dict(zip(keys, dist.sum([sums.get(k, 0.0) for k in keys]), strict=True))
     tokens, rollouts = max(total["tokens"], 1.0), max(total["rollouts"], 1.0)
+    loss_over = rollouts if config.loss.normalize == "completion" else tokens  # what the step averaged
     metrics = {
-        "loss": total.get("loss_terms/loss", 0.0) / tokens,
+        "loss": total.get("loss_terms/loss", 0.0) / loss_over,
         "lr": lr,
         "rollout_tokens": total["tokens"],
         "rollout_len_mean": total["tokens"] / rollouts,
