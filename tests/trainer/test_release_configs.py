@@ -25,6 +25,7 @@ STAGE1_RELEASE = {
     "loss.tau": 1.2,
     "loss.clip": 0.05,
     "loss.normalize": "completion",  # S1TRAINER: the same per-micro-batch (one completion) mean
+    "epochs": 3,
     "teacher.context_mode": "rubric_writer+reference_rubric",
     "stage": "rubric_generator",
 }
@@ -64,6 +65,7 @@ STAGE2_RELEASE = {
     "loss.normalize": "completion",  # TRAINER L536-550: sum / mask.sum() per completion, then GA's mean
     "teacher.top_k": 20,
     "teacher.reason_first": True,
+    "data_max_privileged_prompt_tokens": 2048,  # TRAIN: max_reward_prompt_tokens
 }
 
 
@@ -71,6 +73,11 @@ STAGE2_RELEASE = {
 def test_qwen3_rcsd_matches_release(field: str) -> None:
     config = load_config(shipped_config("qwen3_8b_gpu.yaml"))
     assert _get(config, field) == STAGE2_RELEASE[field]
+
+
+def test_qwen3_rcsd_trains_the_release_epochs() -> None:
+    """RUNSH L58 --num_train_epochs 3 (the comparison keeps a fixed step budget per arm instead)."""
+    assert load_config(shipped_config("qwen3_8b_gpu.yaml")).epochs == 3
 
 
 def _compare_arms() -> dict:

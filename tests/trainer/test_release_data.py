@@ -11,8 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data.questions import load_questions
-from rcsd.trainer.data.release import within_prompt_budget
+from rcsd.trainer.data.release import filter_prompt_ids, within_prompt_budget
+from rcsd.trainer.service_calls import ServiceCalls
+from rcsd.trainer.tasks import AnsweringQuestions
 
 # RaR-Science's columns (HF card anisha2102/RaR-Science): rubric dicts and category-prefixed strings
 RAR = [
@@ -140,3 +143,30 @@ def test_records_missing_a_part_are_dropped(tmp_path, bad):
     with pytest.raises(ValueError, match="no record with a question"):
         (tmp_path / "only_bad.json").write_text(json.dumps([bad]), encoding="utf-8")
         load_questions([tmp_path / "only_bad.json"])
+
+
+def test_the_task_drops_questions_over_the_privileged_prompt_budget(tmp_path, tiny_model_dir):
+    """`data_max_privileged_prompt_tokens`: the training task keeps the questions whose filter prompt fits,
+    in order, and counts the rest; without the setting nothing is measured or dropped."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long = {**RAR[0], "question": RAR[0]["question"] + " Explain every step in words." * 40}
+    path = _write_jsonl(
+        tmp_path / "rar.jsonl", [RAR[0], long, {**RAR[0], "question": "Why is the sky blue?"}]
+    )
+    questions = load_questions([path])
+    lengths = [len(filter_prompt_ids(tokenizer, q)) for q in questions]
+    assert lengths[1] > max(lengths[0], lengths[2])
+
+    def task(**fields: object) -> AnsweringQuestions:
+        config = TrainConfig(data=[str(path)], **fields)
+        calls = ServiceCalls(config)
+        calls.close()  # no call is made: the task only loads its questions here
+        return AnsweringQuestions(config, calls, tokenizer)
+
+    kept = task(data_max_privileged_prompt_tokens=max(lengths[0], lengths[2]))
+    assert [q.id for q in kept.questions] == ["rar-0", "rar-2"] and kept.dropped_long == 1
+    everything = task()
+    assert len(everything.questions) == 3 and everything.dropped_long == 0
+    with pytest.raises(ValueError, match="stage reasoner"):
+        TrainConfig(stage="rubric_generator", teacher={"context_mode": "rubric_writer+reference_rubric"},
+                    data_max_privileged_prompt_tokens=2048)  # fmt: skip

@@ -6,7 +6,8 @@
   checkpoint ends with the same weights as the run that never stopped;
 - (two gloo ranks, DDP and FSDP: tests/trainer/test_distributed.py)
 - OPSD and GRPO run in the same loop; a group the teacher itself refuses fails the step instead of
-  training on the groups it scored.
+  training on the groups it scored;
+- `epochs` sets the step count from the questions the privileged-prompt length filter keeps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from rcsd.client import BadRequestError
 from rcsd.recipes.launch import ServiceProcess
 from rcsd.trainer import checkpoint as ckpt
 from rcsd.trainer.config import load_config
+from rcsd.trainer.data.questions import load_questions
+from rcsd.trainer.data.release import filter_prompt_ids
 from rcsd.trainer.metrics import read_metrics
 from rcsd.trainer.train import CONFIG_FILE, main
 from tests.fixtures.services import QUESTIONS
@@ -163,3 +166,40 @@ def test_a_teacher_error_fails_the_step(tiny_model_dir, trainer_services, tmp_pa
         teacher.stop()
     assert ckpt.latest(tmp_path / "run") is None
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or read_metrics(tmp_path / "run") == []
+
+
+def test_epochs_count_the_questions_the_length_filter_keeps(
+    tiny_model_dir, trainer_services, tmp_path, capsys
+):
+    """`epochs: 1` over 4 questions of which one's privileged prompt is over the budget: 3 kept, 2 per
+    step, so ceil(3 / 2) = 2 steps (not `steps`), the last one checkpointed and the linear schedule at
+    0 after it; the run reports the drop."""
+    from transformers import AutoTokenizer
+
+    padding = " Think about the units and the numbers given, then work it out step by step." * 20
+    long_question = {**QUESTIONS[0], "id": "t-long", "question": QUESTIONS[0]["question"] + padding}
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in (QUESTIONS[0], long_question, *QUESTIONS[2:])))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = {q.id: len(filter_prompt_ids(tokenizer, q)) for q in load_questions([path])}
+    budget = max(n for qid, n in lengths.items() if qid != "t-long")
+    assert lengths["t-long"] > budget
+    config = answer_config(
+        tiny_model_dir,
+        trainer_services,
+        path,
+        tmp_path / "run",
+        steps=7,
+        epochs=1,
+        data_max_privileged_prompt_tokens=budget,
+        lr_schedule="linear",
+        method="opsd",
+        teacher={"context_mode": "reference", "top_k": 8},
+    )
+    run_dir = main(config)
+    out = capsys.readouterr().out
+    assert "dropped 1 of 4 questions" in out and "epochs 1: 2 steps" in out
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["lr"] == pytest.approx(config.lr / 2) and records[1]["lr"] == 0.0
+    assert ckpt.latest(run_dir) == ckpt.checkpoint_dir(run_dir, 2)

@@ -237,6 +237,12 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     steps: int = Field(default=100, ge=1)
+    epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="passes over the training questions; set, it replaces `steps` with "
+        "ceil(epochs x questions / prompts_per_step), counted after data_limit and the length filter",
+    )
     seed: int = 0
     # batch (global, over all ranks)
     prompts_per_step: int = Field(default=32, ge=1)
@@ -248,6 +254,9 @@ class TrainConfig(_Section):
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     data: list[str] = Field(default_factory=list, description="JSONL files or shipped set names")
     data_limit: int | None = Field(default=None, ge=1, description="train on the first N questions only")
+    # The release drops a question whose privileged prompt (its length filter's own prompt, with the
+    # question's rubric; rcsd.trainer.data.release) exceeds 2,048 tokens. Null: no filter. Stage II only.
+    data_max_privileged_prompt_tokens: int | None = Field(default=None, ge=1)
     # hf: transformers in process; vllm: a vLLM server per rank (services.rollout_urls);
     # vllm_colocate: vLLM in process on the trainer's device (`colocate`)
     rollout_engine: Literal["hf", "vllm", "vllm_colocate"] = "hf"
@@ -325,6 +334,8 @@ class TrainConfig(_Section):
                 "loss.grpo_loss_type grpo averages per completion, token_mean per token: set loss.normalize "
                 "to match (completion or token)"
             )
+        if self.data_max_privileged_prompt_tokens is not None and self.stage != "reasoner":
+            raise ValueError("data_max_privileged_prompt_tokens filters Stage II questions: stage reasoner")
         source = self.teacher.rubric_source
         if source != "generated" and (not self.needs_rubrics or self.stage != "reasoner"):
             raise ValueError(

@@ -21,6 +21,7 @@ from rcsd.client.protocol import Criterion
 from rcsd.trainer import ablations
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data.questions import Question, load_questions
+from rcsd.trainer.data.release import within_prompt_budget
 from rcsd.trainer.probe import Probe, RecordedProbe
 from rcsd.trainer.prompts import student_prompt_ids
 from rcsd.trainer.rubric_writing import RubricWriting
@@ -29,6 +30,7 @@ from rcsd.trainer.student import Student
 
 
 class Task(Protocol):
+    config: TrainConfig
     questions: list[Question]
 
     def prompt_ids(self, tokenizer: Any, question: Question) -> list[int]:
@@ -57,9 +59,15 @@ class Task(Protocol):
 class AnsweringQuestions:
     """Stage II: the student answers the training questions with its own prompt."""
 
-    def __init__(self, config: TrainConfig, calls: ServiceCalls) -> None:
+    def __init__(self, config: TrainConfig, calls: ServiceCalls, tokenizer: Any = None) -> None:
+        """`tokenizer` (the student's) counts the privileged prompts of `data_max_privileged_prompt_tokens`."""
         self.config, self.calls = config, calls
         self.questions = load_questions(config.data)[: config.data_limit]
+        self.dropped_long = 0  # questions dropped by the release's privileged-prompt length filter
+        if config.data_max_privileged_prompt_tokens is not None:
+            budget, loaded = config.data_max_privileged_prompt_tokens, len(self.questions)
+            self.questions = within_prompt_budget(self.questions, tokenizer, budget, config.teacher.thinking)
+            self.dropped_long = loaded - len(self.questions)
         source = config.teacher.rubric_source
         self._partner = ablations.partners(self.questions, source, config.seed)  # whose rubric is fetched
         self._ground_truth = {  # converted now, so a question without a rubric stops the run at start
@@ -158,7 +166,7 @@ def _after(
     return result
 
 
-def make_task(config: TrainConfig, calls: ServiceCalls) -> Task:
+def make_task(config: TrainConfig, calls: ServiceCalls, tokenizer: Any) -> Task:
     if config.stage == "rubric_generator":
         return RubricWriting(config, calls)
-    return AnsweringQuestions(config, calls)
+    return AnsweringQuestions(config, calls, tokenizer)

@@ -105,7 +105,8 @@ def main(config: TrainConfig, *, resume: bool = False) -> Path:
 
     student = load_student(config, dist.device, resume_from)
     calls = ServiceCalls(config)
-    task = make_task(config, calls)
+    task = make_task(config, calls, student.tokenizer)
+    config = task.config = _resolve_steps(config, task, dist.is_main)  # with `epochs`, the step count
     teacher_name = calls.check_teacher(
         student.tokenizer, student.model.get_output_embeddings().weight.shape[0]
     )
@@ -379,6 +380,23 @@ class DataOrder:
     def index(self, position: int) -> int:
         epoch, offset = divmod(position, self.count)
         return int(np.random.default_rng([self.seed, epoch]).permutation(self.count)[offset])
+
+
+def _resolve_steps(config: TrainConfig, task: Task, is_main: bool) -> TrainConfig:
+    """The config with `steps` from `epochs` (ceil(epochs x questions / prompts_per_step)), once the
+    questions are known; reports what the privileged-prompt length filter dropped."""
+    kept = len(task.questions)
+    if is_main and isinstance(task, AnsweringQuestions) and config.data_max_privileged_prompt_tokens:
+        print(
+            f"data: dropped {task.dropped_long} of {kept + task.dropped_long} questions whose privileged "
+            f"prompt exceeds {config.data_max_privileged_prompt_tokens} tokens; {kept} kept"
+        )
+    if config.epochs is None:
+        return config
+    steps = math.ceil(config.epochs * kept / config.prompts_per_step)
+    if is_main:
+        print(f"epochs {config.epochs}: {steps} steps of {config.prompts_per_step} over {kept} questions")
+    return config.model_copy(update={"steps": steps})
 
 
 def _loss_count(config: TrainConfig, groups: list[Group]) -> float:

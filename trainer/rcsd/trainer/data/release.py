@@ -128,10 +128,10 @@ def release_questions(path: Path) -> list[Question]:
 
 def filter_prompt_ids(tokenizer: Any, question: Question, enable_thinking: bool | None = None) -> list[int]:
     """The ids the release's length filter counts (TRAIN L478-520): its own privileged prompt, with the
-    question's rubric as a JSON array, chat-templated (`enable_thinking` = teacher_thinking)."""
-    assert question.rubric is not None
+    question's rubric as a JSON array, chat-templated (`enable_thinking` = teacher_thinking). A question
+    without a rubric of its own (the rubric service writes one in training) is counted with `[]`."""
     rubric = json.dumps(
-        [item.model_dump(exclude_none=True, exclude_defaults=True) for item in question.rubric],
+        [item.model_dump(exclude_none=True, exclude_defaults=True) for item in question.rubric or []],
         ensure_ascii=False,
     )
     text = FILTER_PROMPT.format(
