@@ -27,6 +27,7 @@ STAGE1_RELEASE = {
     "loss.normalize": "completion",  # S1TRAINER: the same per-micro-batch (one completion) mean
     "epochs": 3,
     "teacher.context_mode": "rubric_writer+reference_rubric",
+    "rubric.writer_version": "release",  # data_collator_rubric.py's prompts (docs/fidelity.md row 2f)
     "stage": "rubric_generator",
 }
 

@@ -92,6 +92,42 @@ def test_rubric_prompt_is_the_teachers_rubric_writer_context(tiny_model_dir, tra
     assert response.context_ids == ids
 
 
+@pytest.mark.parametrize(("writer_version", "teacher_texts"), [("v2", "v1"), ("release", "release")])
+def test_the_teacher_frames_the_students_prompt_with_its_texts(tiny_model_dir, writer_version, teacher_texts):
+    """`rubric.writer_version` picks the student's rubric prompt and the teacher's texts around it as a
+    pair: the release's "Ground Truth Rubric (JSON array)" turn frames the release's prompt only."""
+    from transformers import AutoTokenizer
+
+    from rcsd.trainer.rubric_writing import RubricWriting
+    from rcsd.trainer.service_calls import ServiceCalls
+
+    config = TrainConfig.model_validate(
+        {
+            "stage": "rubric_generator",
+            "teacher": {"context_mode": "rubric_writer+reference_rubric"},
+            "rubric": {**BOUNDS, "writer_version": writer_version},
+            "data_limit": 1,
+        }
+    )
+    calls = ServiceCalls(config)
+    sent: list[TeacherRequest] = []
+    calls.submit = sent.append  # type: ignore[method-assign,assignment]
+    try:
+        task = RubricWriting(config, calls)
+        [question] = task.questions
+        [rubric] = [f.result() for f in task.fetch_rubrics([question])]
+        task.score(question, rubric, [[5]])
+    finally:
+        calls.close()
+    assert [r.template_version for r in sent] == [teacher_texts]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bounds = RubricBounds(**BOUNDS)
+    expected = rubric_prompt_ids(
+        tokenizer, question.prompt_text, question.reference_answer, bounds, writer_version
+    )
+    assert task.prompt_ids(tokenizer, question) == expected
+
+
 def test_student_positions_are_the_teachers(tiny_model_dir, trainer_services, tmp_path):
     """Teacher = the same tiny model on the student's own rubric prompt; LoRA's B starts at 0."""
     config = _config(

@@ -6,7 +6,10 @@ instruction L37-42, transition L50-66 tokenized as "\\n" + text at L234-240, non
 L154-182; the teacher sequence `cat([reasoning prompt, analysis, transition]) + completion`,
 `rcsd_trainer_reward.py` L1449-1456 and L1507-1508) by string concatenation and the tokenizer, without
 rcsd's templates. Then: `rcsd.client.prompts.render_teacher_context` (the library) equals the service
-in every mode, version and rationale form.
+in every mode, version and rationale form. Stage I likewise: the release's rubric writer (student) prompt
+and its teacher's turn (`data_collator_rubric.py` @ 521b538: designer prompt L22-56 and `_build_rubric_prompt`,
+student prompt L122-130, teacher turn L150-163, the layout without --reason_first that its Stage I runs)
+against a teacher started with `--rubric-template-version release`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from rcsd.client.prompts.teacher_context import render_teacher_context
-from rcsd.client.protocol import TeacherRequest
+from rcsd.client.protocol import RubricBounds, TeacherRequest
+from rcsd.trainer.prompts import rubric_prompt_ids
 from tests.client.test_teacher_context import EMPTY_THINK, THINKING_TEMPLATE
 from tests.services.teacher.conftest import BACKENDS, _teacher
 from tests.services.teacher.payloads import (
@@ -257,3 +261,108 @@ def test_student_messages_render_as_the_student_saw_them(thinking_teacher, refer
     assert_matches_reference(
         results[0]["completions"][0], rows, COMPLETION, 0, TOLERANCE[results[0]["backend"]]
     )
+
+
+# data_collator_rubric.py L22-56: the rubric designer's prompt, around the question and reference as its
+# `_build_rubric_prompt` puts them
+DESIGNER_ROLE = (
+    "# Role You are a top-tier Rubric Designer. Your sole task is to design JSON-formatted evaluation rubrics "
+    "based on both the [Question] and the [Reference Answer] provided by the user.\n"
+    "# Core Task\n"
+    "1. Analyze [Question]: Understand every explicit and implicit requirement in the [Question].\n"
+    "2. Leverage [Reference Answer]: Use the [Reference Answer] to capture nuanced expectations, desirable "
+    "reasoning patterns, and formatting details that high-quality responses should exhibit. Treat it as "
+    "authoritative context, not content to be copied.\n"
+    "3. Create Rubrics: Following the [Evaluation Criteria Format] and [Design Rules] below, develop 3 to 25 "
+    "evaluation criteria that ensure candidate answers respond to the [Question] and match the quality "
+    "demonstrated in the [Reference Answer].\n"
+    "4. Output Format: Must strictly follow the [Output Requirements] with no additional text.\n"
+)
+DESIGNER_FORMAT = (
+    "# [Evaluation Criteria Format]\n"
+    "- Each criterion must contain the following fields:\n"
+    "1. `title`: (String) A 2-5 word core summary.\n"
+    "2. `description`: (String) A clear description of no more than 40 words or 5 sentences.\n"
+    "3. `weight`: (Integer) A score between -1 and 10.\n\n"
+    "Example output format (match this style exactly)\n"
+    "[\n"
+    '{"description": "Essential Criteria: The response must explicitly incorporate the 3% efficiency factor to '
+    'determine the actual power output in visible photons from the 100-W bulb.", "title": "Efficiency Factor", '
+    '"weight": 5},\n'
+    '{"description": "Important Criteria: The response should correctly calculate the energy of a single photon '
+    "using the formula E = hc/λ, with λ approximately equal to 5000 Å, ensuring proper usage of "
+    'physical constants.", "title": "Photon Energy Calculation", "weight": 5}\n'
+    "]\n"
+    "Output Requirements (strict)\n"
+    "* Output ONLY valid JSON.\n"
+    "* Output must be a JSON array of criterion objects (no wrapper keys).\n"
+    "* No markdown, no commentary, no code fences, no extra text.\n"
+    "* Do not include anything besides the array.\n"
+    "* Do not copy sentences from the Reference Answer; write fresh evaluative criteria.\n"
+    "Design Rules\n"
+    "* Prefer testable, concrete criteria over vague ones.\n"
+    "* Use higher weights (7\u201310) for essential requirements.\n"
+    "* Use mid weights (3\u20136) for strong-but-nonessential improvements.\n"
+    "* Use at least one negative criterion (weight -1) for major violations (e.g., ignoring constraints, wrong "
+    "format, hallucinating, contradicting the reference).\n"
+    "* Avoid redundancy: each criterion should measure a distinct aspect.\n"
+    "Now generate the rubric criteria for the provided Question and Reference Answer."
+)
+# Deliberately not mirrored: the release's Stage I example says "5000 Å", the prompt its Stage II
+# generator is then served with (rcsd_train_reward.py RubricPromptBuilder) "5000 angstrom"; rcsd trains
+# Stage I on the prompt the generator is served with (one rubric_designer/release.j2).
+
+
+def _stage1_designer(question: str, reference: str) -> str:
+    body = f"{DESIGNER_ROLE}# [Question]\n{question}\n# [Reference Answer]\n{reference}\n{DESIGNER_FORMAT}"
+    return body.replace("5000 Å", "5000 angstrom")
+
+
+WRITER_BOUNDS = {"min_criteria": 3, "max_criteria": 25}  # the release's "3 to 25"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def release_writer_teacher(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    """A teacher whose rubric_writer modes repeat the release's designer prompt."""
+    log_dir = tmp_path_factory.mktemp("release-writer-logs")
+    server = _teacher(tiny_model_dir, request.param, log_dir, "--rubric-template-version", "release")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_release_stage1_layout_token_for_token(release_writer_teacher, reference_model):
+    model, tokenizer = reference_model
+    designer = _stage1_designer(QUESTION, REFERENCE)
+    # RaR-Science's `rubric` column (items keyed description, title, weight), json.dumps'd by
+    # opsd_train_rubric.py `_normalize_example`
+    rubric = json.dumps(
+        [{"description": c["description"], "title": c["title"], "weight": c["weight"]} for c in RUBRIC],
+        ensure_ascii=False,
+    )
+    expected = {
+        "rubric_writer": _chat(tokenizer, designer),  # the student's prompt, L122-130
+        "rubric_writer+reference_rubric": _chat(
+            tokenizer,
+            f"{designer}\n\nGround Truth Rubric (JSON array):\n{rubric}\n"
+            "Use the ground-truth rubric as the authoritative target and output the rubric JSON array only.",
+        ),
+    }
+    writer = {"reference_answer": REFERENCE, "reference_rubric": RUBRIC, "rubric_bounds": WRITER_BOUNDS}
+    bodies = [{**_body(mode), **writer} for mode in expected]  # the default template version: release
+    for body, result in zip(bodies, _contexts(release_writer_teacher, bodies), strict=True):
+        mode = body["context_mode"]
+        assert result["context_ids"] == expected[mode], mode
+        assert result["template_version"] == "teacher-release+rubric-release"
+        request = TeacherRequest.model_validate(body)
+        assert (
+            render_teacher_context(tokenizer, request, "release", rubric_version="release") == expected[mode]
+        )
+        rows = plain_logprobs(model, expected[mode], COMPLETION)
+        assert_matches_reference(result["completions"][0], rows, COMPLETION, 0, TOLERANCE[result["backend"]])
+    # what the Stage I trainer samples after with rubric.writer_version release
+    bounds = RubricBounds(**WRITER_BOUNDS)
+    assert rubric_prompt_ids(tokenizer, QUESTION, REFERENCE, bounds, "release") == expected["rubric_writer"]

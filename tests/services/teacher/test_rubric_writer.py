@@ -1,8 +1,9 @@
 """The rubric-writer modes (Stage I): a rubric completion scored after the designer prompt, exactly.
 
 The completion follows the prompt the rubric service (and the Stage I student) writes rubrics after;
-`rubric_writer+reference_rubric` puts the question, reference answer and a reference rubric in the
-generation format before it. Same exactness bound as the answer modes, on both backends.
+in template v1 `rubric_writer+reference_rubric` puts the question, reference answer and a reference
+rubric in the generation format before it (the release's layout, the default version's, is pinned
+token for token in test_release_layout.py). Same exactness bound as the answer modes, on both backends.
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def test_rubric_completion_matches_plain_forward(teacher, reference_model, mode,
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_context_holds_the_designer_prompt_and_what_the_mode_shows(teacher, reference_model, mode):
+def test_v1_context_holds_the_designer_prompt_last_and_what_the_mode_shows(teacher, reference_model, mode):
     _, tokenizer = reference_model
     r = httpx.post(
         f"{teacher.url}/teacher_logprobs",
-        json=writer_group(mode, [[5, 6]], return_context_ids=True, rubric=RUBRIC),
+        json=writer_group(mode, [[5, 6]], return_context_ids=True, rubric=RUBRIC, template_version="v1"),
         timeout=60,
     )
     assert r.status_code == 200, r.text
@@ -73,7 +74,7 @@ def test_context_holds_the_designer_prompt_and_what_the_mode_shows(teacher, refe
     reference_rubric = to_generation_text([Criterion(**c) for c in RUBRIC])
     assert (reference_rubric in text) == (mode == "rubric_writer+reference_rubric")
     assert "Grading rubric" not in text  # the answer modes' rubric section never shows
-    assert body["template_version"] == VERSION
+    assert body["template_version"] == "teacher-v1+rubric-v2"
 
 
 def test_info_names_every_modes_template_version(teacher_servers):

@@ -144,6 +144,11 @@ class RubricConfig(_Section):
     # A rubric the service cannot produce (422 after its attempts): stop the run, or score that
     # question with context_mode=reference (counted in every step's `rubric_fallbacks`).
     on_failure: Literal["fail", "reference"] = "fail"
+    # Stage I: the rubric writer's prompt the student writes after (rubric_designer/<version>.j2) and the
+    # teacher's texts around it: "v2", rcsd's (teacher_context v1); "release", the release's Stage I
+    # (teacher_context release: "Ground Truth Rubric (JSON array)"). The teacher service repeats the
+    # prompt of its --rubric-template-version: start it with the same name.
+    writer_version: Literal["v2", "release"] = "v2"
 
     @property
     def bounds(self) -> RubricBounds:

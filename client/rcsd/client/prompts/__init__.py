@@ -9,7 +9,8 @@
   modes score them after it; the output format it describes is `rcsd.client.protocol.rubric_format`.
 - `teacher_context/<version>/*.j2`: the teacher's privileged context, one file per part
   (`TemplateSet`); the service names its version `teacher-<version>`. `release` holds the released
-  RCSD texts verbatim (carriegu0818/RCSD, data_collator_reward.py) and is the default; `v1` is
+  RCSD texts verbatim (carriegu0818/RCSD, data_collator_reward.py; the rubric writer's,
+  data_collator_rubric.py) and is the default; `v1` is
   rcsd's earlier wording, still selectable. `rcsd.client.prompts.teacher_context` renders them into
   token ids (`render_teacher_context`), the one function the teacher service calls too.
 

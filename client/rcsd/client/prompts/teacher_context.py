@@ -16,7 +16,13 @@ Two layouts, chosen by the parts a template version holds:
   - `none`: the student's own prompt (`student_thinking`).
 - chat (v1): [user: privileged + transition], or with a rationale [user: privileged + rationale
   request, assistant: rationale, user: transition], all in chat turns.
-The rubric writer's modes render the rubric writer's prompt in both (Stage I).
+The rubric writer's modes (Stage I) are one user turn, [context part] + "\n\n" + [transition part]:
+- `release`: the designer prompt, then "Ground Truth Rubric (JSON array):\n" + the reference rubric as
+  the release dumps RaR-Science's (`ground_truth_rubric_json`) + "\n" + "Use the ground-truth rubric as
+  the authoritative target and output the rubric JSON array only." (data_collator_rubric.py L150-163,
+  the layout without --reason_first, which the release's Stage I runs);
+- v1: the question, reference answer and reference rubric in the generation format, then the designer
+  prompt.
 
 The student's prompt is the request's `messages` when it has them (a system prompt, few-shot turns, the
 question last), else the version's student prompt template. `none` renders exactly it; in the answer
@@ -86,6 +92,14 @@ def rubric_json(rubric: list[Criterion]) -> str:
     (one line, default separators, keys in title/description/weight order; rcsd_train_reward.py L283,
     data_collator_reward.py L288-295)."""
     return json.dumps([c.model_dump(mode="json") for c in rubric], ensure_ascii=False)
+
+
+def ground_truth_rubric_json(rubric: list[Criterion]) -> str:
+    """A reference rubric as the release's Stage I teacher is shown it: RaR-Science's `rubric` column,
+    `json.dumps(rubric, ensure_ascii=False)` (opsd_train_rubric.py `_normalize_example`), each item's
+    keys in the data set's order: description, title, weight."""
+    items = [{"description": c.description, "title": c.title, "weight": c.weight} for c in rubric]
+    return json.dumps(items, ensure_ascii=False)
 
 
 def text_ids(tokenizer: Any, text: str) -> list[int]:
@@ -284,11 +298,13 @@ def _rubric_writer_messages(request: TeacherRequest, version: str, rubric_versio
         return [{"role": "user", "content": designer_prompt}]
     assert request.reference_rubric  # the wire schema requires it in this mode
     templates = teacher_templates(version)
-    privileged = templates.render(
-        "rubric_writer_context",
-        question=request.question,
-        reference_answer=request.reference_answer,
-        reference_rubric=to_generation_text(request.reference_rubric),
-    )
-    transition = templates.render("rubric_writer_transition", designer_prompt=designer_prompt)
-    return [{"role": "user", "content": privileged + "\n\n" + transition}]
+    values = {  # each version's parts take what they show
+        "question": request.question,
+        "reference_answer": request.reference_answer,
+        "reference_rubric": to_generation_text(request.reference_rubric),
+        "reference_rubric_json": ground_truth_rubric_json(request.reference_rubric),
+        "designer_prompt": designer_prompt,
+    }
+    context = templates.render("rubric_writer_context", **values)
+    transition = templates.render("rubric_writer_transition", **values)
+    return [{"role": "user", "content": context + "\n\n" + transition}]
