@@ -10,9 +10,9 @@
 - `teacher_context/<version>/*.j2`: the teacher's privileged context, one file per part
   (`TemplateSet`); the service names its version `teacher-<version>`. `release` holds the released
   RCSD texts verbatim (carriegu0818/RCSD, data_collator_reward.py; the rubric writer's,
-  data_collator_rubric.py) and is the default; `v1` is
-  rcsd's earlier wording, still selectable. `rcsd.client.prompts.teacher_context` renders them into
-  token ids (`render_teacher_context`), the one function the teacher service calls too.
+  data_collator_rubric.py) and is the default; `v1` is rcsd's earlier wording, still selectable.
+  `rcsd.client.prompts.teacher_context` renders them into token ids (`render_teacher_context`), the one
+  function the teacher service calls too.
 
 Only jinja2 here (no torch): the client package renders what the services render.
 """
