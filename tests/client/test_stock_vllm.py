@@ -1,13 +1,21 @@
 """A stock `vllm serve` as the teacher (`rcsd.client.stock_vllm`): the same scores as rcsd's own teacher
-service (vllm backend) on the same contexts, every layout, and a refusal for what a stock server cannot do."""
+service (vllm backend) on the same contexts, every layout, and a refusal for what a stock server cannot do.
+
+The README's "Use a stock vLLM server as the teacher" commands are what runs here: the stock server is
+started with the flags of its `vllm serve` line (the tiny model in place of the README's, a free port,
+and CPU-only flags added), and its `rcsd train` line trains against it (the tiny config as `my.yaml`).
+"""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+import yaml
 from transformers import AutoTokenizer
 
 from rcsd.client import TeacherClient
@@ -15,7 +23,7 @@ from rcsd.client.protocol import TeacherRequest
 from rcsd.client.stock_vllm import StockTeacherError, StockVLLMTeacher
 from rcsd.recipes.launch import ServiceProcess, StockVLLMProcess, stop_all
 from rcsd.trainer.metrics import read_metrics
-from rcsd.trainer.train import main
+from tests.docs import readme
 from tests.services.teacher.conftest import _teacher
 from tests.services.teacher.payloads import QUESTION, group, random_completions
 from tests.trainer.configs import tiny_config
@@ -25,7 +33,7 @@ pytest.importorskip("vllm")
 # two vLLM engines start in the module's fixture: minutes on a busy CPU machine
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1500)]
 
-TOP_K = 5
+TOP_K = 5  # within the README's --max-logprobs
 TOLERANCE = 1e-4  # two vLLM processes, fp32, different batch shapes (a group vs one prompt per completion)
 MESSAGES = [
     {"role": "system", "content": "You are a careful physics tutor."},
@@ -33,11 +41,24 @@ MESSAGES = [
 ]
 
 
+SERVE, TRAIN = readme.bash_block("Use a stock vLLM server as the teacher").splitlines()
+
+
+def _serve_flags() -> tuple[list[str], str]:
+    """The README's `vllm serve MODEL --port P ...` line: its flags but the port, and the port."""
+    program, command, _model, *flags = shlex.split(SERVE, comments=True)
+    assert (program, command) == ("vllm", "serve"), SERVE
+    at = flags.index("--port")
+    port = flags[at + 1]
+    del flags[at : at + 2]
+    return flags, port
+
+
 @pytest.fixture(scope="module")
 def teachers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """(rcsd's teacher service on the vllm backend, a stock `vllm serve` of the same model) as clients."""
     logs = tmp_path_factory.mktemp("stock-logs")
-    flags = ["--dtype", "float32", "--max-logprobs", str(TOP_K + 1), "--enforce-eager"]
+    flags = [*_serve_flags()[0], "--dtype", "float32", "--enforce-eager"]  # exact and CPU-only
     stock = StockVLLMProcess(tiny_model_dir, flags, logs, cpu_kv_cache_gib=1)
     started: list[ServiceProcess] = []
     try:
@@ -99,20 +120,38 @@ def test_what_a_stock_server_cannot_do_is_refused(teachers):
         StockVLLMTeacher(theirs.replicas[0].url).check_compatible(OtherTokenizer())
 
 
-def test_rcsd_trains_against_a_stock_vllm_teacher(teachers, tiny_model_dir, questions_file, tmp_path):
+def _prompt_tokens(url: str) -> float:
+    """The prompt tokens a vLLM server has scored, from its Prometheus metrics."""
+    lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("vllm:prompt_tokens_total"))
+
+
+def test_readme_rcsd_train_line_trains_against_the_stock_teacher(
+    teachers, tiny_model_dir, questions_file, tmp_path
+):
     """`services.teacher_server: stock_vllm`: a training step whose teacher scores come from the stock
     server (the reference mode: no rubric service needed)."""
     _, theirs, _ = teachers
+    stock_url, run_dir = theirs.replicas[0].url, tmp_path / "run"
     config = tiny_config(
         tiny_model_dir,
-        tmp_path,
+        run_dir,
         steps=1,
         method="opsd",
         prompts_per_step=2,
         sampling={"max_new_tokens": 6},
         teacher={"context_mode": "reference", "top_k": TOP_K},
-        services={"teacher_urls": [theirs.replicas[0].url], "teacher_server": "stock_vllm", "deadline_s": 60},
+        services={"deadline_s": 60},
         data=[str(questions_file)],
     )
-    [record] = read_metrics(main(config))
+    my_yaml = tmp_path / "my.yaml"
+    my_yaml.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True)))
+    command = readme.substitute(
+        TRAIN, {"my.yaml": str(my_yaml), f"http://127.0.0.1:{_serve_flags()[1]}": stock_url}
+    )
+    scored_before = _prompt_tokens(stock_url)
+    done = readme.run_bash(command, timeout_s=600)
+    assert done.returncode == 0, f"{command}\nexit {done.returncode}: {done.stderr[-4000:]}"
+    [record] = read_metrics(run_dir)
     assert all(key in record for key in TEACHER_METRICS) and np.isfinite(record["loss"])
+    assert _prompt_tokens(stock_url) > scored_before  # the teacher scores came from the stock server

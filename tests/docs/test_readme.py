@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from rcsd.recipes.launch import ServiceProcess
+from tests.docs.readme import BASH_BLOCK, README
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
 URL_PATH = re.compile(r"\$(TEACHER|RUBRIC)_URL(/[\w/$.{}-]*)")
 API_KEY = "readme-example-key"
 ENDPOINTS = {  # every endpoint of both services has an example
