@@ -25,7 +25,9 @@ No torch and no TRL here: the answer is TRL's plain lists.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from rcsd.client._exceptions import BadRequestError
@@ -56,17 +58,21 @@ class RubricTeacher:
         context_mode: ContextMode = "rubric+reference",
         rubric_options: Mapping[str, Any] | None = None,
         chat_template_kwargs: Mapping[str, bool | int | float | str] | None = None,
+        record: Path | None = None,
     ) -> None:
         """`rows`: the training dataset's rows (any iterable of mappings); `chat_template_kwargs`: the
         trainer's own (`DistillationConfig.chat_template_kwargs`), so prompts are found as TRL renders them;
         `rubric_options`: RubricRequest fields (bounds, max_tokens, ...). A question whose rubric the
-        service refuses is scored in the `reference` mode, as rcsd's trainer does."""
+        service refuses is scored in the `reference` mode, as rcsd's trainer does. `record`: a JSONL file
+        that gets one line per call, to audit what the teacher was shown: TRL's token ids, each request
+        sent (question, reference, rubric, the student's messages) with the sequences it scored, the answer."""
         if context_mode in MODES_SHOWING_RUBRIC and rubrics is None:
             raise ValueError(f"context_mode {context_mode!r} shows a rubric: pass rubrics=RubricClient(...)")
         self.teacher, self.rubrics = teacher, rubrics
         self.context_mode = context_mode
         self.rubric_options = dict(rubric_options or {})
         self.template_kwargs = dict(chat_template_kwargs or {})
+        self.record = record
         self._rows = {self._prompt_key(tokenizer, row["prompt"]): row for row in rows}
         self._criteria: dict[str, list[Criterion] | None] = {}
 
@@ -108,6 +114,14 @@ class RubricTeacher:
                 out["logprob_token_ids"][i] = scores.topk_ids.tolist()
                 out["actual_logprobs"][i] = [[x] for x in scores.logprobs.tolist()]
                 out["actual_token_ids"][i] = [[t] for t in scores.token_ids.tolist()]
+        if self.record is not None:
+            sent = [
+                {"sequences": members, "request": request.model_dump(mode="json", exclude_none=True)}
+                for members, request in zip(groups.values(), requests, strict=True)
+            ]
+            line = {"sequences": sequences, "prompt_lengths": prompt_lengths, "groups": sent, "answer": out}
+            with self.record.open("a") as file:
+                file.write(json.dumps(line) + "\n")
         return out
 
     def _request(
