@@ -51,7 +51,7 @@ def test_loss_clip_applies_to_topk_jsd() -> None:
         config = load_config(
             "smollm2_cpu.yaml", ["loss.name=topk_jsd", "loss.beta=0.5", f"loss.tau={tau}", *overrides]
         )
-        loss, _ = _distillation_loss(config, scores, {"topk_logprobs_B_T_K": teacher})
+        loss, _ = _distillation_loss(config, scores, {"topk_logprobs_B_T_K": teacher}, None)
         expected = 0.0
         for t in range(3):
             p = (teacher[0, t] / tau).softmax(-1).tolist()
