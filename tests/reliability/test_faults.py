@@ -28,9 +28,14 @@ from tests.reliability.conftest import tiny_service
 from tests.reliability.faults import assert_complete, crash_and_restart, stored_rubrics, wait_until
 
 # Different bounds are different grammars, so the engine generates the items one after another and
-# the batch can be caught with some of its rubrics stored and others not.
+# the batch can be caught with some of its rubrics stored and others not. Many criteria each, so that
+# an item takes seconds on the tiny model and the kill lands while the next one is generating.
 ASKED = [
-    RubricRequest(question=f"Crash question {i}?", bounds=RubricBounds(min_criteria=2, max_criteria=2 + i))
+    RubricRequest(
+        question=f"Crash question {i}?",
+        bounds=RubricBounds(min_criteria=12 + i, max_criteria=12 + i),
+        max_tokens=3072,
+    )
     for i in range(3)
 ]
 BATCH = RubricBatchRequest(requests=ASKED).model_dump(mode="json")
