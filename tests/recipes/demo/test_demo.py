@@ -10,6 +10,8 @@ accuracy is the share of right answers recorded per question.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,15 @@ def test_one_run_does_the_whole_method(two_runs: tuple[dict, str, dict]) -> None
     ):
         assert heading in report
     assert "![loss](train/plots/loss.png)" in report
+    # the probe's change with its paired standard error over the probe's questions, computed here anew
+    before, after = first["probe"]["before"], first["probe"]["after"]
+    pairs = zip(
+        before["reference_logprob_per_question"], after["reference_logprob_per_question"], strict=True
+    )
+    diffs = [a - b for b, a in pairs]
+    assert f"± {statistics.stdev(diffs) / math.sqrt(2):.4f} (SE over 2 questions)" in report
+    se = statistics.stdev(q["right"] for q in first["eval_before"]["sets"][0]["per_question"]) / math.sqrt(2)
+    assert f"{100 * first['eval_before']['accuracy']:.1f} % ± {100 * se:.1f}" in report
 
 
 def test_second_run_gets_the_stored_rubrics(two_runs: tuple[dict, str, dict]) -> None:

@@ -18,6 +18,7 @@ from rich.table import Table
 from rcsd.client import ItemError, RubricResponse
 from rcsd.recipes.demo.processes import DemoService
 from rcsd.recipes.evaluate import SetResult
+from rcsd.recipes.stats import standard_error
 from rcsd.trainer.config import TrainConfig
 from rcsd.trainer.data.questions import Question
 from rcsd.trainer.metrics import PLOTS_DIR, read_metrics
@@ -140,6 +141,11 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def _pct_se(result: dict[str, Any]) -> str:
+    """Accuracy ± its standard error over questions (what the evaluation recorded)."""
+    return f"{_pct(result['accuracy'])} ± {100 * result.get('accuracy_se', 0.0):.1f}"
+
+
 def _accuracy_rows(r: DemoReport) -> list[list[str]]:
     if r.eval_before is None or r.eval_after is None:
         return []
@@ -150,8 +156,8 @@ def _accuracy_rows(r: DemoReport) -> list[list[str]]:
             [
                 before["data"],
                 str(before["questions"]),
-                _pct(before["accuracy"]),
-                _pct(after["accuracy"]),
+                _pct_se(before),
+                _pct_se(after),
                 f"{change:+.1f}",
             ]
         )
@@ -161,13 +167,24 @@ def _accuracy_rows(r: DemoReport) -> list[list[str]]:
     return rows
 
 
-def _probe_rows(probe: dict[str, dict[str, float]]) -> list[list[str]]:
+def _probe_rows(probe: dict[str, dict[str, Any]]) -> list[list[str]]:
     before, after = probe.get("before", {}), probe.get("after", {})
     return [
-        [label, f"{before[key]:.4f}", f"{after[key]:.4f}", f"{after[key] - before[key]:+.4f}"]
+        [label, f"{before[key]:.4f}", f"{after[key]:.4f}", _change(before, after, key)]
         for key, label in PROBE_LABELS.items()
         if key in before and key in after
     ]
+
+
+def _change(before: dict[str, Any], after: dict[str, Any], key: str) -> str:
+    """After - before, ± the standard error of the per-question changes (paired: the same questions)."""
+    change = f"{after[key] - before[key]:+.4f}"
+    pairs = list(
+        zip(before.get(f"{key}_per_question", []), after.get(f"{key}_per_question", []), strict=False)
+    )
+    if len(pairs) < 2:
+        return change
+    return f"{change} ± {standard_error([a - b for b, a in pairs]):.4f} (SE over {len(pairs)} questions)"
 
 
 def _tables(r: DemoReport) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -179,7 +196,7 @@ def _tables(r: DemoReport) -> list[tuple[str, list[str], list[list[str]]]]:
     phase_rows = [[name, f"{seconds:.1f}"] for name, seconds in r.phases_s.items()]
     return [
         (
-            "Accuracy on held-out questions (greedy)",
+            "Accuracy on held-out questions (greedy, % ± standard error over questions)",
             ["set", "questions", "before", "after", "change (points)"],
             _accuracy_rows(r),
         ),
