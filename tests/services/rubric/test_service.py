@@ -147,6 +147,9 @@ def test_concurrent_identical_requests_generate_once(server):
         ({"question": "q", "bounds": {"min_criteria": 10, "max_criteria": 5}}, "bounds", "must not exceed"),
         ({"question": "q", "bounds": {"min_criteria": 3, "max_criteria": 1000}}, "bounds.max_criteria", "50"),
         ({"question": "q", "temperature": -1}, "temperature", "greater than or equal to 0"),
+        ({"question": "q", "top_p": 0}, "top_p", "greater than 0"),
+        ({"question": "q", "top_p": 1.5}, "top_p", "less than or equal to 1"),
+        ({"question": "q", "top_k": -1}, "top_k", "greater than or equal to 0"),
         ({"question": "q", "max_tokens": 10**6}, "max_tokens", "8192"),
         ({"question": "q", "max_tokens": 8000}, "max_tokens", "max_model_len 4096"),
         ({"question": "q", "max_tokens": 100}, "max_tokens", "bounds.min_criteria 3"),  # the grammar's budget

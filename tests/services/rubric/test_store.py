@@ -7,8 +7,10 @@ Crash and lock tests run real OS processes: this file is also their entry point
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import itertools
+import json
 import os
 import sqlite3
 import subprocess
@@ -125,6 +127,9 @@ async def test_every_key_input_separates_rubrics(store_url: str) -> None:
         {"bounds": RubricBounds(min_criteria=2)},
         {"bounds": RubricBounds(max_criteria=24)},
         {"seed": 1},
+        {"top_p": 0.95},
+        {"top_k": 20},
+        {"top_p": 0.95, "top_k": 20},
     ]
     keys = [rubric_key(**{**KEY_INPUTS, **variant}) for variant in variants]
     assert len(set(keys)) == len(variants)
@@ -141,12 +146,37 @@ async def test_every_key_input_separates_rubrics(store_url: str) -> None:
     )
     generator = {name: KEY_INPUTS[name] for name in ("model", "model_revision", "template_version")}
     assert request_key(request, **generator) == keys[0]
+    cut = request.model_copy(update={"top_p": 0.95, "top_k": 20})
+    assert request_key(cut, **generator) == keys[-1]
 
     records = [make_record(**variant) for variant in variants]
     async with await open_store(store_url) as store:
         assert await store.put_many(records) == len(variants)
         for record in records:
             assert await store.get(record.key) == record
+
+
+def test_keys_without_a_top_p_or_top_k_are_the_ones_stored_before_them() -> None:
+    """Rubrics stored before top_p/top_k existed keep matching: with both off, the key hashes the
+    same canonical JSON as then (written out here by hand)."""
+    before = {
+        "scheme": 1,
+        "question": KEY_INPUTS["question"],
+        "reference_answer": KEY_INPUTS["reference_answer"],
+        "model": "rubric-gen",
+        "model_revision": "rev-1",
+        "template_version": "rubric-v1",
+        "sampling": {
+            "temperature": 0.7,
+            "max_tokens": 1024,
+            "min_criteria": 3,
+            "max_criteria": 25,
+            "seed": 0,
+        },
+    }
+    canonical = json.dumps(before, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    expected = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    assert rubric_key(**KEY_INPUTS) == rubric_key(**KEY_INPUTS, top_p=1.0, top_k=0) == expected
 
 
 # -- durability ------------------------------------------------------------------------------------------

@@ -198,11 +198,14 @@ async def _service(tiny_model_dir: Path, tmp_path: Path, version: str, text: str
 async def test_release_version_thinks_first_unconstrained_and_parses_as_released(tiny_model_dir, tmp_path):
     think_then_rubric = "<think>\nThe key law is energy.\n</think>\n\n" + json.dumps(RUBRIC)
     service = await _service(tiny_model_dir, tmp_path, "release", think_then_rubric)
-    response = await service.generate(RubricRequest(question="Q?", reference_answer="R."))
+    response = await service.generate(
+        RubricRequest(question="Q?", reference_answer="R.", top_p=0.95, top_k=20)  # the release's sampling
+    )
     [(prompt_ids, params)] = service.engine.calls
     prompt = service.engine.tokenizer.decode(prompt_ids)
     assert RELEASE_DESIGNER_PROMPT in prompt and prompt.endswith("<|im_start|>assistant\n")  # room to think
-    assert params.json_schema is None and params.max_tokens == 1024 and params.temperature == 0.7
+    assert params.json_schema is None and params.max_tokens == 1024
+    assert (params.temperature, params.top_p, params.top_k) == (0.7, 0.95, 20)
     assert [c.model_dump() for c in response.criteria] == RUBRIC
     assert response.template_version == "rubric-release"
     await service.aclose()

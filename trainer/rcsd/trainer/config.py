@@ -139,6 +139,9 @@ class RubricConfig(_Section):
     min_criteria: int = Field(default=3, ge=1)
     max_criteria: int = Field(default=25, ge=1)
     temperature: float = Field(default=0.7, ge=0.0)
+    # 1.0 and 0 switch these off; the Qwen3 recipes sample as the release does: top_p 0.95, top_k 20
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
     seed: int = Field(default=0, ge=0)
     max_tokens: int = Field(default=1024, ge=16)
     # A rubric the service cannot produce (422 after its attempts): stop the run, or score that

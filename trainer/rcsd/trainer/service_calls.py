@@ -54,6 +54,8 @@ def rubric_request(settings: RubricConfig, question: Question) -> RubricRequest:
         reference_answer=question.reference_answer,
         bounds=settings.bounds,
         temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
         seed=settings.seed,
         max_tokens=settings.max_tokens,
     )

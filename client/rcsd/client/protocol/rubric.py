@@ -40,6 +40,9 @@ class RubricRequest(WireModel):
     reference_answer: str | None = Field(default=None, max_length=MAX_REFERENCE_CHARS)
     bounds: RubricBounds = Field(default_factory=RubricBounds)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    # the release samples its Stage II rubrics with top_p 0.95, top_k 20; the defaults switch both off
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling; 1.0: off")
+    top_k: int = Field(default=0, ge=0, le=2**31 - 1, description="the k likeliest tokens only; 0: off")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     max_tokens: int = Field(default=1024, ge=16, le=8192)
 

@@ -70,8 +70,14 @@ def with_chosen_dtype(config: EngineConfig, device: str) -> EngineConfig:
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """Sampling of one generate call. After the temperature, `top_k` keeps the k likeliest tokens
+    (0: off), then `top_p` the fewest whose probability sums to at least p (1.0: off), as vLLM and
+    transformers order them; `temperature=0` is greedy and ignores both."""
+
     max_tokens: int
     temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # constrain the output to this schema
 

@@ -25,6 +25,8 @@ from transformers import (
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
 
 from rcsd.client.protocol import ModelInfo
@@ -66,29 +68,42 @@ class ScoringCancelled(Exception):
 
 
 class _SeededGumbelSampler(LogitsProcessor):
-    """Samples each row from softmax(logits / T) with its own seeded generator.
+    """Samples each row from softmax(logits / T), cut by its top_k and top_p, with its own seeded generator.
 
     Adding Gumbel noise and taking the argmax is exact sampling; with one generator per
     row a request's output does not depend on what it was batched with.
     """
 
-    def __init__(self, temperatures: list[float], seeds: list[int | None]) -> None:
-        self.temperatures = temperatures
+    def __init__(self, params: list[GenerationParams]) -> None:
+        self.params = params
         self.generators = [
-            torch.Generator().manual_seed(seed if seed is not None else random.getrandbits(63))
-            for seed in seeds
+            torch.Generator().manual_seed(p.seed if p.seed is not None else random.getrandbits(63))
+            for p in params
         ]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float()
-        for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators, strict=True)):
-            if temperature > 0:
+        for row, (params, generator) in enumerate(zip(self.params, self.generators, strict=True)):
+            if params.temperature > 0:
                 uniform = torch.rand(scores.shape[-1], generator=generator).clamp_(1e-10, 1.0)
                 # Shifted so the best allowed token is 0: dividing by a tiny T then cannot overflow to
                 # inf (found by fuzzing: T=5e-118 sampled a token the grammar had masked).
                 shifted = scores[row] - scores[row].max()
-                scores[row] = shifted / temperature - torch.log(-torch.log(uniform)).to(scores.device)
+                kept = top_k_top_p(shifted / params.temperature, params.top_k, params.top_p)
+                scores[row] = kept - torch.log(-torch.log(uniform)).to(scores.device)
         return scores
+
+
+def top_k_top_p(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """`logits_V` (already divided by the temperature) with the tokens top_k and then top_p drop set
+    to -inf: top_p is taken of the distribution top_k leaves, as vLLM and transformers do. Ties at
+    the k-th logit are kept, and top_p keeps at least one token. 0 and 1.0 switch them off."""
+    logits_1_V = logits_V[None]
+    if top_k > 0:
+        logits_1_V = TopKLogitsWarper(top_k)(None, logits_1_V)
+    if top_p < 1.0:
+        logits_1_V = TopPLogitsWarper(top_p)(None, logits_1_V)
+    return logits_1_V[0]
 
 
 @dataclass
@@ -308,9 +323,7 @@ class HfEngine(Engine):
 
             grammar = compile_json_grammar(self._compiler(), schema)
             processors.append(xgrammar.contrib.hf.LogitsProcessor(grammar))
-        processors.append(
-            _SeededGumbelSampler([p.params.temperature for p in batch], [p.params.seed for p in batch])
-        )
+        processors.append(_SeededGumbelSampler([p.params for p in batch]))
         max_tokens = max(p.params.max_tokens for p in batch)
         out_B_L = self.model.generate(
             input_ids=ids_B_L.to(self.model.device),

@@ -228,6 +228,8 @@ class VllmEngine(Engine):
         sampling = SamplingParams(
             max_tokens=params.max_tokens,
             temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,  # 0 is off in vLLM too
             seed=params.seed,
             structured_outputs=structured,
             output_kind=RequestOutputKind.FINAL_ONLY,

@@ -183,6 +183,8 @@ class RubricService:
             params = GenerationParams(
                 max_tokens=request.max_tokens,
                 temperature=temperature,
+                top_p=request.top_p,
+                top_k=request.top_k,
                 seed=request.seed + attempt * SEED_STRIDE,
                 json_schema=schema,
             )

@@ -52,8 +52,24 @@ def rubric_key(
     max_tokens: int,
     bounds: RubricBounds,
     seed: int,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ) -> str:
-    """The sha256 (hex) of everything that determines a generated rubric, as canonical JSON."""
+    """The sha256 (hex) of everything that determines a generated rubric, as canonical JSON.
+
+    top_p and top_k enter only when they cut (not 1.0, not 0): keys made before they existed still match.
+    """
+    sampling: dict[str, float | int] = {
+        "temperature": float(temperature) + 0.0,  # + 0.0 folds -0.0 into 0.0
+        "max_tokens": int(max_tokens),
+        "min_criteria": int(bounds.min_criteria),
+        "max_criteria": int(bounds.max_criteria),
+        "seed": int(seed),
+    }
+    if top_p != 1.0:
+        sampling["top_p"] = float(top_p)
+    if top_k != 0:
+        sampling["top_k"] = int(top_k)
     payload = {
         "scheme": KEY_SCHEME,
         "question": question,
@@ -61,13 +77,7 @@ def rubric_key(
         "model": model,
         "model_revision": model_revision,
         "template_version": template_version,
-        "sampling": {
-            "temperature": float(temperature) + 0.0,  # + 0.0 folds -0.0 into 0.0
-            "max_tokens": int(max_tokens),
-            "min_criteria": int(bounds.min_criteria),
-            "max_criteria": int(bounds.max_criteria),
-            "seed": int(seed),
-        },
+        "sampling": sampling,
     }
     # ensure_ascii: the bytes hashed never depend on an encoder's handling of unusual code points.
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -86,6 +96,8 @@ def request_key(request: RubricRequest, *, model: str, model_revision: str, temp
         max_tokens=request.max_tokens,
         bounds=request.bounds,
         seed=request.seed,
+        top_p=request.top_p,
+        top_k=request.top_k,
     )
 
 
