@@ -67,6 +67,11 @@ STAGE2_RELEASE = {
     "teacher.top_k": 20,
     "teacher.reason_first": True,
     "data_max_privileged_prompt_tokens": 2048,  # TRAIN: max_reward_prompt_tokens
+    # TRAIN L595-836: the Stage II rubrics' sampling (docs/fidelity.md row 3)
+    "rubric.temperature": 0.7,
+    "rubric.top_p": 0.95,
+    "rubric.top_k": 20,
+    "rubric.max_tokens": 1024,
 }
 
 
@@ -74,6 +79,19 @@ STAGE2_RELEASE = {
 def test_qwen3_rcsd_matches_release(field: str) -> None:
     config = load_config(shipped_config("qwen3_8b_gpu.yaml"))
     assert _get(config, field) == STAGE2_RELEASE[field]
+
+
+def test_qwen3_rcsd_asks_for_rubrics_sampled_as_released() -> None:
+    """The request the trainer sends (and the store keys on) carries the recipe's rubric sampling."""
+    from rcsd.trainer.data.questions import Question
+    from rcsd.trainer.service_calls import rubric_request
+
+    config = load_config(shipped_config("qwen3_8b_gpu.yaml"))
+    question = Question(
+        id="q", source="s", subject="physics", answer_type="numeric", question="2+2?", answer="4"
+    )
+    request = rubric_request(config.rubric, question)
+    assert (request.temperature, request.top_p, request.top_k, request.max_tokens) == (0.7, 0.95, 20, 1024)
 
 
 def test_qwen3_rcsd_trains_the_release_epochs() -> None:
