@@ -27,6 +27,7 @@ def serve(settings: ServiceSettings, service: str) -> int:
     import uvicorn
 
     from rcsd.services.kit.logs import configure_logging
+    from rcsd.services.kit.uvicorn_server import DrainingServer
 
     configure_logging(settings.log_level, settings.log_format)
     if service == "teacher":
@@ -43,7 +44,7 @@ def serve(settings: ServiceSettings, service: str) -> int:
         access_log=False,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config)
     state = app.state.rcsd
     state.stop_serving = lambda: setattr(server, "should_exit", True)
     server.run()

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from rcsd.services.kit.request_context import current_request_id
@@ -97,12 +98,27 @@ def _wrap_stray_stderr_lines() -> None:
     thread = threading.Thread(target=pump, name="stderr-lines", daemon=True)
     thread.start()
 
-    def drain() -> None:  # at exit: the last lines (uvicorn's shutdown) still get out
+    def drain() -> None:
         sys.stderr.flush()
         os.dup2(original, 2)  # this process's write end closed; children may hold theirs a while
         thread.join(timeout=2)
 
-    atexit.register(drain)
+    global _drain
+    _drain = drain
+    atexit.register(drain_stderr)
+
+
+_drain: Callable[[], None] | None = None  # set while fd 2 is the pipe `_wrap_stray_stderr_lines` reads
+
+
+def drain_stderr() -> None:
+    """Forward what is still in the stderr pipe and write straight to stderr from now on. At exit, and
+    before uvicorn re-raises SIGTERM (which ends the process at once, atexit handlers unrun), so the
+    last lines (uvicorn's "Application shutdown complete.") are not lost."""
+    global _drain
+    drain, _drain = _drain, None
+    if drain is not None:
+        drain()
 
 
 def _is_json(line: str) -> bool:
