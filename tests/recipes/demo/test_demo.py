@@ -89,6 +89,11 @@ def test_one_run_does_the_whole_method(two_runs: tuple[dict, str, dict]) -> None
 
     train_dir = Path(first["config"]["output_dir"])
     assert (train_dir / "metrics.jsonl").is_file() and (train_dir / "plots" / "loss.png").is_file()
+    # the release's reason-first teacher: one analysis per training question, sampled every step
+    assert first["config"]["teacher"]["reason_first"] is True
+    assert all(s["analysis_len_mean"] > 0 for s in steps)
+    recorded = [json.loads(line) for line in (train_dir / "analyses.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in recorded}) == [1, 2] and len(recorded) == 4
     for label in ("eval_before", "eval_after"):
         [result] = first[label]["sets"]
         assert result["questions"] == 2
