@@ -165,7 +165,7 @@ def test_completion_normalisation_matches_the_release() -> None:
 
 def test_grpo_normalisation_follows_its_loss_type() -> None:
     """GRPO's loss_type grpo is TRL's per-completion mean: loss.normalize must say the same."""
-    grpo = ["method=grpo", "rollouts_per_prompt=2"]
+    grpo = ["method=grpo", "rollouts_per_prompt=2", "teacher.reason_first=false"]
     assert load_config("smollm2_cpu.yaml", grpo).loss.normalize == "completion"
     load_config("smollm2_cpu.yaml", [*grpo, "loss.grpo_loss_type=token_mean", "loss.normalize=token"])
     for mismatch in (["loss.grpo_loss_type=token_mean"], ["loss.normalize=token"]):
