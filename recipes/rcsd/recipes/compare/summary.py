@@ -107,9 +107,10 @@ def table_lines(config: CompareConfig, summaries: list[ArmSummary]) -> list[str]
     return lines
 
 
-def _column(key: str) -> str:
+def _column(key: str, accuracy_unit: str = "%") -> str:
+    """A measure's name; the table shows accuracy in %, the plot as the fraction it holds."""
     measure, data = key.split("/", 1)
-    name = "greedy accuracy %" if measure == "accuracy" else PROBED.get(measure, measure)
+    name = f"greedy accuracy {accuracy_unit}" if measure == "accuracy" else PROBED.get(measure, measure)
     return f"{name}, {data}"
 
 
@@ -145,7 +146,7 @@ def plot(summaries: list[ArmSummary], path: Path, title: str) -> Path | None:
             if not math.isnan(interval.low):
                 error = [[interval.mean - interval.low], [interval.high - interval.mean]]
                 ax.errorbar([x], [interval.mean], yerr=error, color=f"C{x}", capsize=4, marker="_", ms=14)
-        ax.set_title(_column(key), fontsize=9)
+        ax.set_title(_column(key, accuracy_unit="(fraction)"), fontsize=9)
         ax.set_xticks(range(len(summaries)), [s.arm for s in summaries], rotation=20, fontsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
