@@ -33,19 +33,25 @@ def _jsd_terms(p: list[float], q: list[float], beta: float) -> list[float]:
     ]
 
 
+def _topk_scores(student: torch.Tensor, mask: torch.Tensor) -> CompletionScores:
+    """The student's side of a top-K loss from its top-K logits [B, T, K]: every id in the vocabulary."""
+    B, T, K = student.shape
+    return CompletionScores(
+        logprobs_B_T=torch.zeros(B, T),
+        topk_logits_B_T_K=student,
+        in_vocab_B_T_K=torch.ones(B, T, K, dtype=torch.bool),
+        token_ids_B_T=torch.zeros(B, T, dtype=torch.long),
+        mask_B_T=mask,
+    )
+
+
 def test_loss_clip_applies_to_topk_jsd() -> None:
     """The release clamps the per-id term for every beta; `loss.clip` now reaches `topk_jsd`."""
     torch.manual_seed(0)
     student = torch.randn(1, 3, 4) * 3
     teacher = (torch.randn(1, 3, 4) * 3).log_softmax(-1)
     mask = torch.ones(1, 3, dtype=torch.bool)
-    scores = CompletionScores(
-        logprobs_B_T=torch.zeros(1, 3),
-        topk_logits_B_T_K=student,
-        in_vocab_B_T_K=torch.ones(1, 3, 4, dtype=torch.bool),
-        token_ids_B_T=torch.zeros(1, 3, dtype=torch.long),
-        mask_B_T=mask,
-    )
+    scores = _topk_scores(student, mask)
     tau = 1.1
     for clip, overrides in ((0.01, ["loss.clip=0.01"]), (None, ["loss.clip=null"])):
         config = load_config(
@@ -112,13 +118,7 @@ def test_completion_normalisation_matches_the_release() -> None:
     student = (torch.randn(2, 5, 4, dtype=torch.float64) * 2).requires_grad_()
     teacher = (torch.randn(2, 5, 4, dtype=torch.float64) * 2).log_softmax(-1)
     mask = torch.tensor([[t < n for t in range(5)] for n in lengths])
-    scores = CompletionScores(
-        logprobs_B_T=torch.zeros(2, 5),
-        topk_logits_B_T_K=student,
-        in_vocab_B_T_K=torch.ones(2, 5, 4, dtype=torch.bool),
-        token_ids_B_T=torch.zeros(2, 5, dtype=torch.long),
-        mask_B_T=mask,
-    )
+    scores = _topk_scores(student, mask)
     config = load_config("smollm2_cpu.yaml", [f"loss.tau={tau}", f"loss.clip={clip}"])
     assert config.loss.normalize == "completion"  # the default: the release's
     loss, _ = _distillation_loss(config, scores, {"topk_logprobs_B_T_K": teacher}, None)
